@@ -1,0 +1,176 @@
+"""``colpo-gateway``: run the service, check photos offline, simulate devices, validate a config."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway import __version__
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.logs import configure_logging
+
+EXIT_CONFIG = 2
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "broker", None):
+        overrides["broker"] = {"url": args.broker}
+    config = load_config(args.config, overrides)
+    configure_logging(config.logging)
+    return config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.judge import build_judge
+    from gateway.service import GatewayService
+
+    config = _config(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service = GatewayService(config, build_judge(config))
+    service.start()
+    stop.wait()
+    structlog.get_logger("gateway").info("stopping", signal="received")
+    service.stop()
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import cv2
+
+    from gateway.annotate import annotate
+    from gateway.judge import PhotoRequest, build_judge
+
+    config = _config(args)
+    judge = build_judge(config)
+    if args.annotate:
+        args.annotate.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    if not args.json:
+        print(f"{'file':40} {'verdict':10} {'sharp p':>8} {'cervix':>7} {'ms':>7}  reasons")
+    for path in args.files:
+        try:
+            payload = path.read_bytes()
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            failed += 1
+            continue
+        judged = judge.judge(PhotoRequest("local", "local", path.name, payload, in_run=False))
+        v = judged.verdict
+        if args.json:
+            print(v.model_dump_json(by_alias=True), flush=True)
+        else:
+            p = f"{v.focus.sharp_probability:.2f}" if v.focus else "-"
+            found = ("yes" if v.cervix.found else "no") if v.cervix else "-"
+            reasons = ", ".join(str(r) for r in v.reasons) + (f" ({v.detail})" if v.detail else "")
+            print(f"{path.name[:40]:40} {v.verdict!s:10} {p:>8} {found:>7} {v.timings_ms['total']:7.1f}  {reasons}")
+        if args.annotate and judged.image is not None:
+            cv2.imwrite(str(args.annotate / f"{path.stem}.jpg"), annotate(judged.image, v))
+    return 1 if failed else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from gateway.simulate import Result, folder_photos, generated_photos, run_devices, summarize
+
+    photos = folder_photos(args.folder) if args.folder else generated_photos(*args.size)
+    if not photos:
+        print(f"no .jpg/.jpeg/.png photos in {args.folder}", file=sys.stderr)
+        return 1
+
+    def show(result: Result) -> None:
+        v = result.verdict
+        if v is None:
+            print(f"{result.device}  {result.photo.name:44} NO VERDICT within the timeout", flush=True)
+            return
+        p = f"{v.focus.sharp_probability:.2f}" if v.focus else "  - "
+        reasons = ",".join(str(r) for r in v.reasons) or "-"
+        print(
+            f"{result.device}  {result.photo.name:44} {v.verdict!s:9} p={p} {result.latency_ms:7.1f} ms  {reasons}",
+            flush=True,
+        )
+
+    started = time.monotonic()
+    results = run_devices(
+        args.broker,
+        photos,
+        devices=args.devices,
+        per_device=args.count or len(photos),
+        rate_hz=args.rate,
+        site=args.site,
+        prefix=args.prefix,
+        timeout_s=args.timeout,
+        on_result=None if args.quiet else show,
+    )
+    print(summarize(results, time.monotonic() - started))
+    return 0 if all(r.verdict is not None for r in results) else 1
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: valid (gateway_id={config.gateway_id}, broker={config.broker.url})")
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.partition("x")
+    return int(w), int(h)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colpo-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"colposcopy-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway service")
+    run.add_argument("--config", type=Path, help="YAML config (defaults apply when omitted)")
+    run.add_argument("--broker", help="mqtt://host:port or mqtts://host:port; overrides the config")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="judge photo files offline with the same pipeline")
+    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument("--config", type=Path)
+    check.add_argument("--json", action="store_true", help="one verdict JSON object per file, in input order")
+    check.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with its verdict drawn on it")
+    check.set_defaults(func=cmd_check)
+
+    sim = sub.add_parser("simulate", help="simulated devices send photos and time the verdicts")
+    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    sim.add_argument("--devices", type=int, default=2)
+    sim.add_argument("--count", type=int, default=0, help="photos per device (default: as many as there are)")
+    sim.add_argument("--rate", type=float, default=1.0, help="photos per second per device (0: back to back)")
+    sim.add_argument("--folder", type=Path, help="photos to send (default: generated colposcope-like scenes)")
+    sim.add_argument("--size", type=_size, default=(1600, 1200), metavar="WxH", help="generated scene size")
+    sim.add_argument("--site", default="demo")
+    sim.add_argument("--prefix", default="colposcopy")
+    sim.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each verdict")
+    sim.add_argument("--quiet", action="store_true", help="only the summary")
+    sim.set_defaults(func=cmd_simulate)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    validate = config_sub.add_parser("validate", help="report every problem in a config file")
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(func=cmd_config_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print("configuration error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

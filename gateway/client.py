@@ -1,0 +1,127 @@
+"""Device-side client: ``submit(jpeg) -> VerdictMessage`` over MQTT 5 request/response.
+
+Each request carries an ``image-id`` user property, a Response Topic in the device's own namespace and a
+Correlation Data value that the gateway echoes; a ``busy`` answer is retried after its ``retry_after_ms``,
+a timeout is retried with the same image id.
+
+    with GatewayClient("mqtt://gateway.local:1883", site="clinic-a", device="eva-07") as client:
+        verdict = client.submit(jpeg_bytes)
+        if verdict.verdict == "recapture":
+            show(verdict.reasons)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.protocol import RecaptureMessage, Topics, VerdictMessage, derive_image_id
+
+
+class SubmitTimeout(TimeoutError):
+    """No verdict arrived in time, after all retries."""
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        broker_url: str,
+        site: str,
+        device: str,
+        prefix: str = "colposcopy",
+        username: str | None = None,
+        password: str | None = None,
+        on_recapture: Callable[[RecaptureMessage], None] | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.site, self.device = site, device
+        self._topics = Topics(prefix)
+        self._reply_topic = f"{self._topics.device_namespace(site, device)}replies/{uuid.uuid4().hex[:12]}"
+        self._on_recapture = on_recapture
+        self._pending: dict[bytes, tuple[threading.Event, list[VerdictMessage]]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        url = urlsplit(broker_url)
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if url.scheme == "mqtts":
+            self._client.tls_set()
+        self._client.on_connect = self._handle_connect
+        self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
+        self._client.connect(url.hostname or "127.0.0.1", url.port or 1883, keepalive=30)
+        self._client.loop_start()
+        if not self._ready.wait(connect_timeout_s):
+            self.close()
+            raise ConnectionError(f"no connection to {broker_url} within {connect_timeout_s} s")
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def submit(
+        self, photo: bytes, image_id: str | None = None, timeout_s: float = 10.0, retries: int = 2
+    ) -> VerdictMessage:
+        """Send one photo and wait for its verdict; raises SubmitTimeout when none comes."""
+        image_id = image_id or derive_image_id(photo)
+        for _attempt in range(retries + 1):
+            verdict = self._request(photo, image_id, timeout_s)
+            if verdict is None:
+                continue
+            if verdict.retry_after_ms is None:
+                return verdict
+            time.sleep(verdict.retry_after_ms / 1000)
+        raise SubmitTimeout(f"no verdict for {image_id} after {retries + 1} attempts")
+
+    def _request(self, photo: bytes, image_id: str, timeout_s: float) -> VerdictMessage | None:
+        correlation = uuid.uuid4().bytes
+        done = threading.Event()
+        box: list[VerdictMessage] = []
+        with self._lock:
+            self._pending[correlation] = (done, box)
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("image-id", image_id)]
+        props.ResponseTopic = self._reply_topic
+        props.CorrelationData = correlation
+        props.ContentType = "image/jpeg" if photo[:2] == b"\xff\xd8" else "image/png"
+        try:
+            self._client.publish(self._topics.images(self.site, self.device), photo, qos=1, properties=props)
+            done.wait(timeout_s)
+        finally:
+            with self._lock:
+                self._pending.pop(correlation, None)
+        return box[0] if box else None
+
+    def _handle_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            return
+        client.subscribe([(self._reply_topic, 1), (self._topics.recapture(self.site, self.device), 1)])
+
+    def _handle_subscribe(self, _client: mqtt.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
+        self._ready.set()
+
+    def _handle_message(self, _client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._reply_topic:
+            correlation = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+            with self._lock:
+                waiter = self._pending.get(bytes(correlation)) if correlation else None
+            if waiter is not None:
+                waiter[1].append(VerdictMessage.model_validate_json(msg.payload))
+                waiter[0].set()
+        elif self._on_recapture is not None:
+            self._on_recapture(RecaptureMessage.model_validate_json(msg.payload))

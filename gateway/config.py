@@ -1,0 +1,219 @@
+"""Typed configuration: read once at start from YAML, validated, then passed down (never read from globals).
+
+Every problem is reported with the file, the line and the dotted key, e.g.
+``gateway.yaml:14: policy.borderline_band: Input should be less than or equal to 0.5``; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.backends.classical import ClassicalConfig
+from gateway.exposure import ExposureConfig
+from gateway.protocol import RESERVED_SITE, is_valid_id
+
+_PREFIX = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Section):
+    url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt://host:port, or mqtts://host:port for TLS")
+    client_id: str | None = Field(default=None, description="Defaults to colposcopy-gateway-<gateway_id>")
+    username: str | None = None
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the broker password (or set COLPO_GATEWAY_MQTT_PASSWORD); never in this YAML",
+    )
+    ca_file: Path | None = Field(default=None, description="CA bundle for mqtts://; the system store when unset")
+    cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS (optional)")
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def password(self) -> str | None:
+        """The password from the environment or the password file, read when connecting."""
+        if env := os.environ.get("COLPO_GATEWAY_MQTT_PASSWORD"):
+            return env
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return None
+
+
+class DecodeConfig(_Section):
+    max_payload_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Larger photos get too_large")
+    max_pixels: int = Field(default=50_000_000, ge=10_000, description="Checked from the header, before decoding")
+    analysis_long_side: int = Field(
+        default=1200,
+        ge=256,
+        le=8192,
+        description="JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose long side is at least this",
+    )
+
+
+class ProcessingConfig(_Section):
+    workers: int = Field(default=0, ge=0, le=64, description="Worker threads; 0 = one per CPU core")
+    queue_size: int = Field(default=8, ge=1, le=1024, description="Photos waiting beyond this get a busy error")
+    busy_retry_after_ms: int = Field(default=2000, ge=0)
+
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+
+class PolicyConfig(_Section):
+    sharp_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="sharp_probability at or above: sharp")
+    borderline_band: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=0.5,
+        description="Below the threshold by at most this: accept with borderline_focus instead of recapture",
+    )
+    max_consecutive_recaptures: int = Field(
+        default=3, ge=0, description="After this many recapture requests in a row, accept the best photo of the run"
+    )
+    run_timeout_s: float = Field(default=600, gt=0, description="A device idle this long starts a new run")
+    recapture_expiry_s: int = Field(default=120, ge=1, description="MQTT 5 message expiry of recapture requests")
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(default="auto", description="auto: JSON unless on a terminal")
+
+
+def _default_gateway_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48].strip("-")
+    return f"gw-{name}" if name else "gw-1"
+
+
+class GatewayConfig(_Section):
+    gateway_id: str = Field(default_factory=_default_gateway_id, description="Names this gateway's status topic")
+    topic_prefix: str = Field(default="colposcopy")
+    backend: Literal["classical"] = "classical"
+    broker: BrokerConfig = BrokerConfig()
+    decode: DecodeConfig = DecodeConfig()
+    processing: ProcessingConfig = ProcessingConfig()
+    classical: ClassicalConfig = ClassicalConfig()
+    exposure: ExposureConfig = ExposureConfig()
+    policy: PolicyConfig = PolicyConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _gateway_id(cls, value: str) -> str:
+        if not is_valid_id(value):
+            raise ValueError("1..64 characters of [A-Za-z0-9._-]")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not _PREFIX.fullmatch(value):
+            raise ValueError("topic levels of [A-Za-z0-9_-] separated by '/', no wildcards")
+        if value.split("/")[-1] == RESERVED_SITE:
+            raise ValueError(f"must not end in the reserved level {RESERVED_SITE!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _client_id(self) -> GatewayConfig:
+        if self.broker.client_id is None:
+            broker = self.broker.model_copy(update={"client_id": f"colposcopy-gateway-{self.gateway_id}"})
+            object.__setattr__(self, "broker", broker)
+        return self
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``problems`` holds one line per problem, each naming file, line and key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _key_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    """Record the 1-based line of every key (and list item) in a composed YAML tree."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*path, str(key.value))
+            out[child] = key.start_mark.line + 1
+            _key_lines(value, child, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            out[(*path, index)] = item.start_mark.line + 1
+            _key_lines(item, (*path, index), out)
+
+
+def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Validate YAML text (plus top-level section overrides, e.g. from the command line)."""
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        raise ConfigError([f"{source}:{line}: YAML syntax error: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the top level must be a mapping of keys"])
+    for section, values in (overrides or {}).items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    lines: dict[tuple[str | int, ...], int] = {}
+    if root is not None:
+        _key_lines(root, (), lines)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            # the line of the key itself, else of the closest parent that is in the file
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            key = ".".join(str(part) for part in loc) or "(top level)"
+            message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            problems.append(f"{source}:{line if line is not None else '?'}: {key}: {message}")
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Load and validate a config file; ``None`` gives the defaults (plus overrides)."""
+    if path is None:
+        return parse_config("", "<defaults>", overrides)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(path), overrides)

@@ -1,0 +1,206 @@
+"""The MQTT contract: topics, ids, and the JSON messages the gateway publishes.
+
+Everything a device-app developer builds against lives here, so the README, the schemas and the code agree.
+Messages are versioned by their ``schema`` field: fields may be added, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VERDICT_SCHEMA = "colposcopy-gateway/verdict/1"
+RECAPTURE_SCHEMA = "colposcopy-gateway/recapture/1"
+STATUS_SCHEMA = "colposcopy-gateway/status/1"
+
+RESERVED_SITE = "gateways"
+"""The level under the prefix that holds gateway availability; never a site name."""
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Site, device and image ids: 1..64 characters of a safe set, no MQTT wildcards or separators."""
+MAX_RESPONSE_TOPIC_BYTES = 256
+
+
+class Outcome(str, Enum):
+    """The closed set of verdicts: a new situation gets a new reason, never a new outcome."""
+
+    ACCEPT = "accept"
+    RECAPTURE = "recapture"
+    ERROR = "error"
+
+
+class Reason(str, Enum):
+    """The fixed vocabulary of reason codes (documented in the README)."""
+
+    OUT_OF_FOCUS = "out_of_focus"
+    BORDERLINE_FOCUS = "borderline_focus"
+    CERVIX_NOT_FOUND = "cervix_not_found"
+    TOO_DARK = "too_dark"
+    OVEREXPOSED = "overexposed"
+    RECAPTURE_LIMIT = "recapture_limit"
+    UNDECODABLE = "undecodable"
+    TOO_LARGE = "too_large"
+    BUSY = "busy"
+    BAD_IMAGE_ID = "bad_image_id"
+    INTERNAL = "internal"
+
+
+class TopicError(ValueError):
+    """A topic that is not part of the contract; the message is logged and dropped."""
+
+
+def is_valid_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+def derive_image_id(payload: bytes) -> str:
+    """A stable id for a photo sent without one: the same bytes always get the same id."""
+    return "sha256-" + hashlib.sha256(payload).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class ImageTopic:
+    site: str
+    device: str
+    image_id: str | None
+    """Set only by the MQTT 3.1.1 form ``<prefix>/<site>/<device>/images/<image-id>``."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under one configurable prefix (default ``colposcopy``)."""
+
+    prefix: str = "colposcopy"
+
+    @property
+    def image_subscriptions(self) -> tuple[str, str]:
+        """MQTT 5 form, then the MQTT 3.1.1 form that carries the image id as a topic level."""
+        return f"{self.prefix}/+/+/images", f"{self.prefix}/+/+/images/+"
+
+    def device_namespace(self, site: str, device: str) -> str:
+        return f"{self.prefix}/{site}/{device}/"
+
+    def images(self, site: str, device: str) -> str:
+        return f"{self.prefix}/{site}/{device}/images"
+
+    def verdicts(self, site: str, device: str) -> str:
+        return f"{self.prefix}/{site}/{device}/verdicts"
+
+    def recapture(self, site: str, device: str) -> str:
+        return f"{self.prefix}/{site}/{device}/recapture"
+
+    def status(self, gateway_id: str) -> str:
+        return f"{self.prefix}/{RESERVED_SITE}/{gateway_id}/status"
+
+    def parse_image_topic(self, topic: str) -> ImageTopic:
+        """Split an incoming image topic into its ids, or raise TopicError saying why it is not one."""
+        head = self.prefix + "/"
+        if not topic.startswith(head):
+            raise TopicError("outside the prefix")
+        levels = topic[len(head) :].split("/")
+        if len(levels) not in (3, 4) or levels[2] != "images":
+            raise TopicError("not <site>/<device>/images[/<image-id>]")
+        site, device = levels[0], levels[1]
+        if site == RESERVED_SITE:
+            raise TopicError(f"site {RESERVED_SITE!r} is reserved")
+        for name, value in (("site", site), ("device", device), *((("image id", lv) for lv in levels[3:]))):
+            if not is_valid_id(value):
+                raise TopicError(f"{name} is empty, too long or has characters outside [A-Za-z0-9._-]")
+        return ImageTopic(site, device, levels[3] if len(levels) == 4 else None)
+
+    def response_topic_allowed(self, response_topic: str, site: str, device: str) -> bool:
+        """True when a requested Response Topic lies in the requesting device's own namespace.
+
+        Anything else is refused: a device must not aim verdicts at another device, and a response
+        topic that is itself an image topic would make the gateway judge its own verdicts.
+        """
+        namespace = self.device_namespace(site, device)
+        if not response_topic.startswith(namespace) or len(response_topic.encode()) > MAX_RESPONSE_TOPIC_BYTES:
+            return False
+        rest = response_topic[len(namespace) :].split("/")
+        if any(level == "" or "+" in level or "#" in level or "\0" in level for level in rest):
+            return False
+        return rest[0] != "images"
+
+
+def utc_timestamp(at: datetime | None = None) -> str:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T10:00:00.123Z``."""
+    at = at or datetime.now(timezone.utc)
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class FocusOut(_Message):
+    label: Literal["sharp", "not_sharp"]
+    sharp_probability: float = Field(ge=0.0, le=1.0)
+
+
+class CervixOut(_Message):
+    found: bool
+    box: tuple[float, float, float, float] | None = Field(
+        description="x0, y0, x1, y1 normalised to 0..1 of the displayed (EXIF-oriented) image"
+    )
+    score: float = Field(ge=0.0, le=1.0)
+
+
+class ExposureOut(_Message):
+    mean_luma: float
+    too_dark: bool
+    overexposed: bool
+
+
+class VerdictMessage(_Message):
+    schema_: str = Field(default=VERDICT_SCHEMA, alias="schema", serialization_alias="schema")
+    image_id: str
+    site: str
+    device: str
+    verdict: Outcome
+    reasons: list[Reason]
+    focus: FocusOut | None
+    cervix: CervixOut | None
+    exposure: ExposureOut | None = None
+    retry_after_ms: int | None = Field(default=None, description="Set with reason busy: when to send again")
+    best_image_id: str | None = Field(
+        default=None, description="Set with reason recapture_limit: the sharpest photo of the run"
+    )
+    detail: str | None = Field(default=None, description="Human-readable detail for errors")
+    backend: str
+    models: dict[str, str]
+    timings_ms: dict[str, float]
+    received_at: str
+    decided_at: str
+
+
+
+class RecaptureMessage(_Message):
+    schema_: str = Field(default=RECAPTURE_SCHEMA, alias="schema", serialization_alias="schema")
+    image_id: str
+    site: str
+    device: str
+    reasons: list[Reason]
+    guidance: list[str]
+    expires_at: str
+
+
+
+class StatusMessage(_Message):
+    schema_: str = Field(default=STATUS_SCHEMA, alias="schema", serialization_alias="schema")
+    gateway_id: str
+    state: Literal["online", "offline", "degraded"]
+    version: str
+    backend: str | None = None
+    models: dict[str, str] = Field(default_factory=dict)
+    since: str
+

@@ -1,0 +1,150 @@
+"""paho-mqtt (MQTT 5): connect with TLS and a last will, subscribe to the image topics, publish replies.
+
+The network thread only hands each incoming photo to ``on_photo``, which must return at once; all work
+happens elsewhere. paho's ``publish`` is thread-safe, so workers publish directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import BrokerConfig
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class IncomingPhoto:
+    """An image message as received; the topic and properties are still untrusted device input."""
+
+    topic: str
+    payload: bytes
+    user_properties: tuple[tuple[str, str], ...]
+    response_topic: str | None
+    correlation_data: bytes | None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    retain: bool = False
+    correlation_data: bytes | None = None
+    expiry_s: int | None = None
+
+
+def _publish_properties(message: Outgoing) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.ContentType = "application/json"
+    if message.correlation_data is not None:
+        props.CorrelationData = message.correlation_data
+    if message.expiry_s is not None:
+        props.MessageExpiryInterval = message.expiry_s
+    return props
+
+
+def _incoming(msg: mqtt.MQTTMessage) -> IncomingPhoto:
+    props = getattr(msg, "properties", None)
+    user = tuple(
+        (str(k), str(v)) for k, v in (getattr(props, "UserProperty", None) or []) if isinstance(k, str)
+    )
+    response_topic = getattr(props, "ResponseTopic", None)
+    correlation = getattr(props, "CorrelationData", None)
+    return IncomingPhoto(
+        topic=msg.topic,
+        payload=bytes(msg.payload),
+        user_properties=user,
+        response_topic=response_topic if isinstance(response_topic, str) else None,
+        correlation_data=bytes(correlation) if isinstance(correlation, (bytes, bytearray)) else None,
+    )
+
+
+class MqttTransport:
+    """One MQTT 5 connection: reconnects by itself, re-subscribes and calls ``on_connected`` each time."""
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        subscriptions: tuple[str, ...],
+        will: Outgoing,
+        on_photo: Callable[[IncomingPhoto], None],
+        on_connected: Callable[[], None],
+        receive_maximum: int,
+    ) -> None:
+        self._broker = broker
+        self._subscriptions = subscriptions
+        self._on_photo = on_photo
+        self._on_connected = on_connected
+        self._receive_maximum = receive_maximum
+        self.connected = threading.Event()
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=broker.client_id or "", protocol=mqtt.MQTTv5
+        )
+        client.will_set(will.topic, will.payload, qos=1, retain=will.retain, properties=_publish_properties(will))
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if broker.username is not None:
+            client.username_pw_set(broker.username, broker.password())
+        if broker.tls:
+            client.tls_set(
+                ca_certs=str(broker.ca_file) if broker.ca_file else None,
+                certfile=str(broker.cert_file) if broker.cert_file else None,
+                keyfile=str(broker.key_file) if broker.key_file else None,
+            )
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        self._client = client
+
+    def start(self) -> None:
+        """Connect in the background; failures are retried with backoff, never raised."""
+        props = Properties(PacketTypes.CONNECT)
+        props.ReceiveMaximum = self._receive_maximum
+        self._client.connect_async(
+            self._broker.host, self._broker.port, keepalive=self._broker.keepalive_s, properties=props
+        )
+        self._client.loop_start()
+
+    def publish(self, message: Outgoing) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(
+            message.topic, message.payload, qos=1, retain=message.retain, properties=_publish_properties(message)
+        )
+
+    def stop(self, last: Outgoing | None = None, timeout_s: float = 5.0) -> None:
+        """Publish ``last`` (the offline status) if connected, then disconnect and stop the network thread."""
+        if last is not None and self.connected.is_set():
+            info = self.publish(last)
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError):
+                log.warning("final_publish_failed", topic=last.topic)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _handle_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("broker_refused", broker=self._broker.url, reason=str(reason))
+            return
+        client.subscribe([(topic, 1) for topic in self._subscriptions])
+        self.connected.set()
+        log.info("broker_connected", broker=self._broker.url, subscriptions=list(self._subscriptions))
+        self._on_connected()
+
+    def _handle_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        log.warning("broker_disconnected", broker=self._broker.url, reason=str(reason))
+
+    def _handle_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._on_photo(_incoming(msg))
+        except Exception:  # the network thread must survive anything a device sends
+            log.exception("message_handling_failed", topic=msg.topic)

@@ -1,0 +1,141 @@
+"""Fixtures: a real Mosquitto on a free loopback port per test, and MQTT helpers that record what came back."""
+
+from __future__ import annotations
+
+import pwd
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+DEV_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cervix-dev"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Broker:
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_mosquitto(workdir: Path, extra: str = "", port: int | None = None) -> Broker:
+    """Start a private Mosquitto; ``extra`` is appended to its config (listeners, ACLs, TLS...)."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        pytest.fail("mosquitto is not installed: run the README's test command, which installs it")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "set_tcp_nodelay true\n"
+        f"log_dest file {workdir / 'mosquitto.log'}\n"
+        "log_type error\nlog_type warning\nlog_type notice\n" + extra
+    )
+    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            err = process.stderr.read().decode() if process.stderr else ""
+            pytest.fail(f"mosquitto exited at start: {err}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return Broker(port, workdir, process)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail("mosquitto did not start listening within 10 s")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = start_mosquitto(tmp_path / "broker")
+    yield b
+    b.stop()
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: Any
+
+
+@dataclass
+class Recorder:
+    """An MQTT 5 client that records every message on its subscriptions, in arrival order."""
+
+    client: mqtt.Client
+    messages: list[Received] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def wait_for(self, count: int, topic_prefix: str = "", timeout: float = 15.0) -> list[Received]:
+        """Wait until ``count`` messages whose topic starts with ``topic_prefix`` have arrived; return them."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                got = [m for m in self.messages if m.topic.startswith(topic_prefix)]
+                if len(got) >= count or time.monotonic() >= deadline:
+                    return got
+                self.cond.wait(max(0.0, deadline - time.monotonic()))
+
+    def publish(self, topic: str, payload: bytes, properties: Any = None, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos, properties=properties).wait_for_publish(5)
+
+
+def make_recorder(broker: Broker, subscriptions: list[str], client_id: str = "recorder") -> Recorder:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    recorder = Recorder(client)
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with recorder.cond:
+            recorder.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.properties))
+            recorder.cond.notify_all()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe([(t, 1) for t in subscriptions])
+    client.loop_start()
+    assert subscribed.wait(5), "recorder could not subscribe"
+    return recorder
+
+
+@pytest.fixture
+def recorder(broker: Broker) -> Iterator[Recorder]:
+    r = make_recorder(broker, ["colposcopy/#"])
+    yield r
+    r.client.disconnect()
+    r.client.loop_stop()

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.protocol import (
+    Outcome,
+    Reason,
+    RecaptureMessage,
+    TopicError,
+    Topics,
+    VerdictMessage,
+    derive_image_id,
+)
+
+topics = Topics("colposcopy")
+
+
+def test_parses_both_image_topic_forms() -> None:
+    t5 = topics.parse_image_topic("colposcopy/clinic-a/eva-07/images")
+    assert (t5.site, t5.device, t5.image_id) == ("clinic-a", "eva-07", None)
+    t3 = topics.parse_image_topic("colposcopy/clinic-a/eva-07/images/IMG_0042.jpg")
+    assert (t3.site, t3.device, t3.image_id) == ("clinic-a", "eva-07", "IMG_0042.jpg")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "other/clinic-a/eva/images",
+        "colposcopy/clinic-a/eva/verdicts",
+        "colposcopy/clinic-a/images",
+        "colposcopy/gateways/eva/images",
+        "colposcopy//eva/images",
+        "colposcopy/clinic-a/eva/images/",
+        "colposcopy/clinic a/eva/images",
+        "colposcopy/clinic-a/" + "x" * 65 + "/images",
+        "colposcopy/clinic-a/eva/images/a/b",
+        "colposcopy/+/eva/images",
+        "colposcopy/clinic-a/.hidden/images",
+    ],
+)
+def test_rejects_topics_outside_the_contract(topic: str) -> None:
+    with pytest.raises(TopicError):
+        topics.parse_image_topic(topic)
+
+
+@given(st.text(max_size=300))
+def test_topic_parsing_never_fails_otherwise(topic: str) -> None:
+    try:
+        parsed = topics.parse_image_topic(topic)
+    except TopicError:
+        return
+    assert topics.images(parsed.site, parsed.device) in topic
+
+
+def test_response_topic_must_stay_in_the_devices_namespace() -> None:
+    ok = topics.response_topic_allowed
+    assert ok("colposcopy/s/d/replies/abc", "s", "d")
+    assert ok("colposcopy/s/d/verdicts", "s", "d")
+    assert not ok("colposcopy/s/other/verdicts", "s", "d")  # another device
+    assert not ok("colposcopy/s/d", "s", "d")  # not under it
+    assert not ok("colposcopy/s/dd/verdicts", "s", "d")  # prefix trick
+    assert not ok("colposcopy/s/d/images", "s", "d")  # would feed the gateway its own verdicts
+    assert not ok("colposcopy/s/d/images/x", "s", "d")
+    assert not ok("colposcopy/s/d/#", "s", "d")
+    assert not ok("colposcopy/s/d//x", "s", "d")
+    assert not ok("colposcopy/s/d/" + "x" * 300, "s", "d")
+
+
+def test_derived_image_id_is_stable_and_valid() -> None:
+    a = derive_image_id(b"photo")
+    assert a == derive_image_id(b"photo") != derive_image_id(b"photo2")
+    assert topics.parse_image_topic(f"colposcopy/s/d/images/{a}").image_id == a
+
+
+def test_verdict_json_uses_the_contract_field_names() -> None:
+    v = VerdictMessage(
+        image_id="i",
+        site="s",
+        device="d",
+        verdict=Outcome.ERROR,
+        reasons=[Reason.BUSY],
+        focus=None,
+        cervix=None,
+        retry_after_ms=2000,
+        backend="classical",
+        models={},
+        timings_ms={"total": 1.0},
+        received_at="t0",
+        decided_at="t1",
+    )
+    doc = json.loads(v.to_json())
+    assert doc["schema"] == "colposcopy-gateway/verdict/1"
+    assert doc["verdict"] == "error" and doc["reasons"] == ["busy"] and doc["retry_after_ms"] == 2000
+    assert VerdictMessage.model_validate_json(v.to_json()) == v
+    r = RecaptureMessage(image_id="i", site="s", device="d", reasons=[Reason.OUT_OF_FOCUS], guidance=["x"], expires_at="t")
+    assert json.loads(r.to_json())["schema"] == "colposcopy-gateway/recapture/1"
