@@ -15,6 +15,7 @@ import structlog
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.logs import configure_logging
+from gateway.systemd import notify
 
 EXIT_CONFIG = 2
 
@@ -38,8 +39,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     service = GatewayService(config, build_judge(config))
     service.start()
+    notify("STATUS=connecting to the broker")
+    while not stop.is_set():
+        if service.connected.wait(0.5):
+            notify("READY=1", f"STATUS=serving on {config.broker.url}")
+            break
     stop.wait()
     structlog.get_logger("gateway").info("stopping", signal="received")
+    notify("STOPPING=1")
     service.stop()
     return 0
 

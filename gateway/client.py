@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -50,7 +51,7 @@ class GatewayClient:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         url = urlsplit(broker_url)
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=MQTTProtocolVersion.MQTTv5)
         if username is not None:
             self._client.username_pw_set(username, password)
         if url.scheme == "mqtts":

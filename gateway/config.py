@@ -33,7 +33,10 @@ class BrokerConfig(_Section):
     username: str | None = None
     password_file: Path | None = Field(
         default=None,
-        description="File holding the broker password (or set COLPO_GATEWAY_MQTT_PASSWORD); never in this YAML",
+        description=(
+            "File holding the broker password; or the systemd credential mqtt-password, or"
+            " COLPO_GATEWAY_MQTT_PASSWORD. Never in this YAML"
+        ),
     )
     ca_file: Path | None = Field(default=None, description="CA bundle for mqtts://; the system store when unset")
     cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS (optional)")
@@ -66,7 +69,10 @@ class BrokerConfig(_Section):
         return urlsplit(self.url).scheme == "mqtts"
 
     def password(self) -> str | None:
-        """The password from the environment or the password file, read when connecting."""
+        """The password from a systemd credential, the environment or the password file (in that order)."""
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials and (Path(credentials) / "mqtt-password").is_file():
+            return (Path(credentials) / "mqtt-password").read_text().strip()
         if env := os.environ.get("COLPO_GATEWAY_MQTT_PASSWORD"):
             return env
         if self.password_file is not None:
@@ -103,7 +109,9 @@ class PolicyConfig(_Section):
         description="Below the threshold by at most this: accept with borderline_focus instead of recapture",
     )
     max_consecutive_recaptures: int = Field(
-        default=3, ge=0, description="After this many recapture requests in a row, accept the best photo of the run"
+        default=3,
+        ge=0,
+        description="After this many recapture requests in a row, accept the best photo of the run",
     )
     run_timeout_s: float = Field(default=600, gt=0, description="A device idle this long starts a new run")
     recapture_expiry_s: int = Field(default=120, ge=1, description="MQTT 5 message expiry of recapture requests")
@@ -172,8 +180,9 @@ def _key_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str
             _key_lines(value, child, out)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            out[(*path, index)] = item.start_mark.line + 1
-            _key_lines(item, (*path, index), out)
+            child_path = (*path, index)
+            out[child_path] = item.start_mark.line + 1
+            _key_lines(item, child_path, out)
 
 
 def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] | None = None) -> GatewayConfig:
@@ -201,10 +210,10 @@ def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] 
         for error in exc.errors():
             loc = tuple(error["loc"])
             # the line of the key itself, else of the closest parent that is in the file
-            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            at = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), "?")
             key = ".".join(str(part) for part in loc) or "(top level)"
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{source}:{line if line is not None else '?'}: {key}: {message}")
+            problems.append(f"{source}:{at}: {key}: {message}")
         raise ConfigError(problems) from None
 
 

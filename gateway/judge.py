@@ -14,8 +14,8 @@ import numpy as np
 import structlog
 
 from gateway.assessment import Assessment
-from gateway.decode import DecodeError, DecodeLimits, decode
 from gateway.config import GatewayConfig
+from gateway.decode import DecodeError, DecodeLimits, decode
 from gateway.pipeline import Pipeline, load_backend
 from gateway.policy import Policy
 from gateway.protocol import (
@@ -59,7 +59,12 @@ def _ms(seconds: float) -> float:
 
 class Judge:
     def __init__(
-        self, pipeline: Pipeline, policy: Policy, limits: DecodeLimits, analysis_long_side: int, recapture_expiry_s: int
+        self,
+        pipeline: Pipeline,
+        policy: Policy,
+        limits: DecodeLimits,
+        analysis_long_side: int,
+        recapture_expiry_s: int,
     ) -> None:
         self.pipeline = pipeline
         self._policy = policy
@@ -103,7 +108,9 @@ class Judge:
                 score=round(cervix.score, 4),
             ),
             exposure=ExposureOut(
-                mean_luma=round(exposure.mean_luma, 1), too_dark=exposure.too_dark, overexposed=exposure.overexposed
+                mean_luma=round(exposure.mean_luma, 1),
+                too_dark=exposure.too_dark,
+                overexposed=exposure.overexposed,
             ),
             best_image_id=decision.best_image_id,
             backend=self.pipeline.backend.name,

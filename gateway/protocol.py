@@ -109,7 +109,7 @@ class Topics:
         site, device = levels[0], levels[1]
         if site == RESERVED_SITE:
             raise TopicError(f"site {RESERVED_SITE!r} is reserved")
-        for name, value in (("site", site), ("device", device), *((("image id", lv) for lv in levels[3:]))):
+        for name, value in (("site", site), ("device", device), *(("image id", lv) for lv in levels[3:])):
             if not is_valid_id(value):
                 raise TopicError(f"{name} is empty, too long or has characters outside [A-Za-z0-9._-]")
         return ImageTopic(site, device, levels[3] if len(levels) == 4 else None)
@@ -183,7 +183,6 @@ class VerdictMessage(_Message):
     decided_at: str
 
 
-
 class RecaptureMessage(_Message):
     schema_: str = Field(default=RECAPTURE_SCHEMA, alias="schema", serialization_alias="schema")
     image_id: str
@@ -194,7 +193,6 @@ class RecaptureMessage(_Message):
     expires_at: str
 
 
-
 class StatusMessage(_Message):
     schema_: str = Field(default=STATUS_SCHEMA, alias="schema", serialization_alias="schema")
     gateway_id: str
@@ -203,4 +201,3 @@ class StatusMessage(_Message):
     backend: str | None = None
     models: dict[str, str] = Field(default_factory=dict)
     since: str
-

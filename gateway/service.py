@@ -119,7 +119,10 @@ class GatewayService:
                 reply_topic = photo.response_topic
             else:
                 log.warning(
-                    "response_topic_refused", site=site, device=device, response_topic=photo.response_topic[:200]
+                    "response_topic_refused",
+                    site=site,
+                    device=device,
+                    response_topic=photo.response_topic[:200],
                 )
         valid_id = is_valid_id(image_id)
         request = PhotoRequest(site, device, image_id if valid_id else derive_image_id(photo.payload), photo.payload)

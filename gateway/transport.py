@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -53,9 +54,7 @@ def _publish_properties(message: Outgoing) -> Properties:
 
 def _incoming(msg: mqtt.MQTTMessage) -> IncomingPhoto:
     props = getattr(msg, "properties", None)
-    user = tuple(
-        (str(k), str(v)) for k, v in (getattr(props, "UserProperty", None) or []) if isinstance(k, str)
-    )
+    user = tuple((str(k), str(v)) for k, v in (getattr(props, "UserProperty", None) or []) if isinstance(k, str))
     response_topic = getattr(props, "ResponseTopic", None)
     correlation = getattr(props, "CorrelationData", None)
     return IncomingPhoto(
@@ -85,9 +84,8 @@ class MqttTransport:
         self._on_connected = on_connected
         self._receive_maximum = receive_maximum
         self.connected = threading.Event()
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=broker.client_id or "", protocol=mqtt.MQTTv5
-        )
+        """Set once connected and subscribed: photos published from now on reach this gateway."""
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.client_id or "", protocol=MQTTProtocolVersion.MQTTv5)
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain, properties=_publish_properties(will))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         if broker.username is not None:
@@ -101,6 +99,7 @@ class MqttTransport:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
         self._client = client
 
     def start(self) -> None:
@@ -114,7 +113,11 @@ class MqttTransport:
 
     def publish(self, message: Outgoing) -> mqtt.MQTTMessageInfo:
         return self._client.publish(
-            message.topic, message.payload, qos=1, retain=message.retain, properties=_publish_properties(message)
+            message.topic,
+            message.payload,
+            qos=1,
+            retain=message.retain,
+            properties=_publish_properties(message),
         )
 
     def stop(self, last: Outgoing | None = None, timeout_s: float = 5.0) -> None:
@@ -128,16 +131,21 @@ class MqttTransport:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def _handle_connect(
-        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
-    ) -> None:
+    def _handle_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
             log.error("broker_refused", broker=self._broker.url, reason=str(reason))
             return
         client.subscribe([(topic, 1) for topic in self._subscriptions])
-        self.connected.set()
-        log.info("broker_connected", broker=self._broker.url, subscriptions=list(self._subscriptions))
+        log.info("broker_connected", broker=self._broker.url)
         self._on_connected()
+
+    def _handle_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, codes: Any, _props: Any) -> None:
+        refused = [str(code) for code in codes if code.is_failure]
+        if refused:
+            log.error("subscription_refused", subscriptions=list(self._subscriptions), reasons=refused)
+            return
+        self.connected.set()
+        log.info("subscribed", subscriptions=list(self._subscriptions))
 
     def _handle_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()

@@ -94,5 +94,7 @@ def test_verdict_json_uses_the_contract_field_names() -> None:
     assert doc["schema"] == "colposcopy-gateway/verdict/1"
     assert doc["verdict"] == "error" and doc["reasons"] == ["busy"] and doc["retry_after_ms"] == 2000
     assert VerdictMessage.model_validate_json(v.to_json()) == v
-    r = RecaptureMessage(image_id="i", site="s", device="d", reasons=[Reason.OUT_OF_FOCUS], guidance=["x"], expires_at="t")
+    r = RecaptureMessage(
+        image_id="i", site="s", device="d", reasons=[Reason.OUT_OF_FOCUS], guidance=["x"], expires_at="t"
+    )
     assert json.loads(r.to_json())["schema"] == "colposcopy-gateway/recapture/1"

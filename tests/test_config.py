@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "gw.yaml")
+    return info.value.problems
+
+
+def test_shipped_config_is_valid_and_matches_the_defaults() -> None:
+    shipped = load_config(REPO / "config" / "gateway.yaml")
+    defaults = parse_config("")
+    assert shipped.model_dump(exclude={"gateway_id", "broker"}) == defaults.model_dump(exclude={"gateway_id", "broker"})
+
+
+def test_every_problem_names_file_line_and_key() -> None:
+    text = "gateway_id: gw-1\npolicy:\n  borderline_band: 0.9\n  max_consecutive_recaptures: -1\nbroker:\n  url: http://x\n"
+    got = problems(text)
+    assert len(got) == 3
+    assert got[0].startswith("gw.yaml:3: policy.borderline_band:")
+    assert got[1].startswith("gw.yaml:4: policy.max_consecutive_recaptures:")
+    assert got[2].startswith("gw.yaml:6: broker.url:") and "mqtt://" in got[2]
+
+
+def test_unknown_keys_are_errors() -> None:
+    assert problems("policy:\n  sharp_treshold: 0.4\n") == ["gw.yaml:2: policy.sharp_treshold: unknown key"]
+    assert problems("colour: red\n") == ["gw.yaml:1: colour: unknown key"]
+
+
+def test_yaml_syntax_and_shape_errors() -> None:
+    [syntax] = problems("policy:\n  a: [1, 2\n")
+    assert syntax.startswith("gw.yaml:") and "YAML syntax" in syntax
+    assert problems("- a\n- b\n") == ["gw.yaml:1: the top level must be a mapping of keys"]
+
+
+def test_topic_prefix_and_gateway_id_are_checked() -> None:
+    assert "topic_prefix" in problems("topic_prefix: 'a/#'\n")[0]
+    assert "gateway_id" in problems("gateway_id: 'has space'\n")[0]
+
+
+def test_client_id_defaults_from_gateway_id() -> None:
+    assert parse_config("gateway_id: gw-7\n").broker.client_id == "colposcopy-gateway-gw-7"
+
+
+def test_broker_override_wins() -> None:
+    config = parse_config(
+        "broker:\n  url: mqtt://a:1\n  keepalive_s: 60\n", overrides={"broker": {"url": "mqtts://b:8883"}}
+    )
+    assert (config.broker.host, config.broker.port, config.broker.tls, config.broker.keepalive_s) == (
+        "b",
+        8883,
+        True,
+        60,
+    )
+
+
+def test_password_comes_from_a_file_or_a_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = parse_config(f"broker:\n  username: gw\n  password_file: {secret}\n")
+    monkeypatch.delenv("COLPO_GATEWAY_MQTT_PASSWORD", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert config.broker.password() == "s3cret"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert config.broker.password() == "from-systemd"
+
+
+def test_config_validate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("processing:\n  workers: 2\n  queue_size: 0\n")
+    assert main(["config", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3: processing.queue_size:" in err
+    assert main(["config", "validate", str(REPO / "config" / "gateway.yaml")]) == 0
+    assert "valid" in capsys.readouterr().out

@@ -1,0 +1,205 @@
+"""End to end on a real Mosquitto: photos in, verdicts and recapture requests out, message by message."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from gateway.scenes import SceneSpec, encode_jpeg, render
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import GatewayConfig, parse_config
+from gateway.judge import build_judge
+from gateway.protocol import derive_image_id
+from gateway.service import GatewayService
+from tests.conftest import Broker, Recorder
+
+SIZE = {"width": 1600, "height": 1200}
+
+
+@pytest.fixture(scope="module")
+def sharp_jpeg() -> bytes:
+    return encode_jpeg(render(SceneSpec(**SIZE, seed=1)).image)
+
+
+@pytest.fixture(scope="module")
+def blurred_jpeg() -> bytes:
+    return encode_jpeg(render(SceneSpec(**SIZE, blur="defocus", blur_px=9, seed=2)).image)
+
+
+def gateway_config(broker: Broker, **sections: Any) -> GatewayConfig:
+    return parse_config("", "<test>", {"gateway_id": "gw-test", "broker": {"url": broker.url}, **sections})
+
+
+def start_gateway(config: GatewayConfig) -> GatewayService:
+    service = GatewayService(config, build_judge(config))
+    service.start()
+    assert service.connected.wait(10), "gateway did not connect and subscribe"
+    return service
+
+
+@pytest.fixture
+def gateway(broker: Broker) -> Iterator[GatewayService]:
+    service = start_gateway(gateway_config(broker))
+    yield service
+    service.stop()
+
+
+def props(
+    image_id: str | None = None, response_topic: str | None = None, correlation: bytes | None = None
+) -> Properties:
+    p = Properties(PacketTypes.PUBLISH)
+    if image_id is not None:
+        p.UserProperty = [("image-id", image_id)]
+    if response_topic is not None:
+        p.ResponseTopic = response_topic
+    if correlation is not None:
+        p.CorrelationData = correlation
+    return p
+
+
+def body(message: Any) -> dict[str, Any]:
+    return dict(json.loads(message.payload))
+
+
+def test_mqtt5_request_gets_its_verdict_on_the_response_topic(
+    gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    reply = "colposcopy/clinic-a/eva-07/replies/x1"
+    recorder.publish("colposcopy/clinic-a/eva-07/images", sharp_jpeg, props("IMG-1", reply, b"\x00corr\xff"))
+    [message] = recorder.wait_for(1, reply)
+    assert message.properties.CorrelationData == b"\x00corr\xff"
+    verdict = body(message)
+    assert verdict["schema"] == "colposcopy-gateway/verdict/1"
+    assert (verdict["image_id"], verdict["site"], verdict["device"]) == ("IMG-1", "clinic-a", "eva-07")
+    assert verdict["verdict"] == "accept", verdict
+    assert verdict["focus"]["label"] == "sharp"
+    assert verdict["cervix"]["found"] is True and len(verdict["cervix"]["box"]) == 4
+    assert verdict["backend"] == "classical"
+    assert {"decode", "inference", "total"} <= verdict["timings_ms"].keys()
+    # nothing went to the default verdict topic, and no recapture request for an accepted photo
+    assert recorder.wait_for(1, "colposcopy/clinic-a/eva-07/verdicts", timeout=0.5) == []
+    assert recorder.wait_for(1, "colposcopy/clinic-a/eva-07/recapture", timeout=0.1) == []
+
+
+def test_blurred_photo_gets_recapture_and_a_recapture_request(
+    gateway: GatewayService, recorder: Recorder, blurred_jpeg: bytes
+) -> None:
+    recorder.publish("colposcopy/clinic-a/eva-07/images", blurred_jpeg, props("IMG-2"))
+    [message] = recorder.wait_for(1, "colposcopy/clinic-a/eva-07/verdicts")
+    verdict = body(message)
+    assert verdict["verdict"] == "recapture" and "out_of_focus" in verdict["reasons"], verdict
+    assert verdict["focus"]["label"] == "not_sharp"
+    [request] = recorder.wait_for(1, "colposcopy/clinic-a/eva-07/recapture")
+    recapture = body(request)
+    assert recapture["schema"] == "colposcopy-gateway/recapture/1"
+    assert recapture["image_id"] == "IMG-2" and "out_of_focus" in recapture["reasons"]
+    assert recapture["guidance"] and recapture["expires_at"]
+    assert 0 < request.properties.MessageExpiryInterval <= 120
+
+
+def test_garbage_gets_undecodable_and_the_gateway_keeps_serving(
+    gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    recorder.publish("colposcopy/s/d/images", b"not a photo at all", props("junk"))
+    recorder.publish("colposcopy/s/d/images", sharp_jpeg[: len(sharp_jpeg) // 2], props("half"))
+    recorder.publish("colposcopy/s/d/images", b"", props("empty"))
+    recorder.publish("colposcopy/s/d/images", sharp_jpeg, props("good"))
+    verdicts = {v["image_id"]: v for v in map(body, recorder.wait_for(4, "colposcopy/s/d/verdicts"))}
+    assert set(verdicts) == {"junk", "half", "empty", "good"}
+    for image_id in ("junk", "half", "empty"):
+        assert (verdicts[image_id]["verdict"], verdicts[image_id]["reasons"]) == ("error", ["undecodable"])
+        assert verdicts[image_id]["focus"] is None and verdicts[image_id]["detail"]
+    assert verdicts["good"]["verdict"] == "accept"
+
+
+def test_mqtt311_device_puts_the_image_id_in_the_topic(
+    broker: Broker, gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="old-device", protocol=mqtt.MQTTv311)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    client.publish("colposcopy/s/old/images/photo-311", sharp_jpeg, qos=1).wait_for_publish(5)
+    [message] = recorder.wait_for(1, "colposcopy/s/old/verdicts")
+    assert body(message)["image_id"] == "photo-311"
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_photo_without_an_id_gets_a_stable_derived_one(
+    gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    recorder.publish("colposcopy/s/d/images", sharp_jpeg, props())
+    [message] = recorder.wait_for(1, "colposcopy/s/d/verdicts")
+    assert body(message)["image_id"] == derive_image_id(sharp_jpeg)
+
+
+def test_bad_image_id_property_is_an_error_verdict(
+    gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    recorder.publish("colposcopy/s/d/images", sharp_jpeg, props("../../etc/passwd", correlation=b"c1"))
+    [message] = recorder.wait_for(1, "colposcopy/s/d/verdicts")
+    verdict = body(message)
+    assert (verdict["verdict"], verdict["reasons"]) == ("error", ["bad_image_id"])
+    assert verdict["image_id"] == derive_image_id(sharp_jpeg)
+    assert message.properties.CorrelationData == b"c1"
+
+
+def test_response_topic_of_another_device_is_refused(
+    gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    recorder.publish("colposcopy/s/a/images", sharp_jpeg, props("p1", "colposcopy/s/b/verdicts"))
+    recorder.publish("colposcopy/s/a/images", sharp_jpeg, props("p2", "colposcopy/s/a/images"))
+    got = recorder.wait_for(2, "colposcopy/s/a/verdicts")
+    assert sorted(body(m)["image_id"] for m in got) == ["p1", "p2"]
+    assert recorder.wait_for(1, "colposcopy/s/b/", timeout=0.5) == []
+    assert [m.topic for m in recorder.messages if m.topic.startswith("colposcopy/s/a/images")] == [
+        "colposcopy/s/a/images",
+        "colposcopy/s/a/images",
+    ]  # only our two photos: the gateway published nothing on an image topic
+
+
+def test_topics_outside_the_contract_are_dropped(
+    gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    recorder.publish("colposcopy/gateways/d/images", sharp_jpeg, props("x"))
+    recorder.publish("colposcopy/s/" + "d" * 80 + "/images", sharp_jpeg, props("y"))
+    recorder.publish("colposcopy/s/ok/images", sharp_jpeg, props("z"))
+    [message] = recorder.wait_for(1, "colposcopy/s/ok/verdicts")
+    assert body(message)["image_id"] == "z"
+    verdict_topics = [m.topic for m in recorder.messages if m.topic.endswith("/verdicts")]
+    assert verdict_topics == ["colposcopy/s/ok/verdicts"]
+
+
+def test_availability_is_retained_online_then_offline(broker: Broker, recorder: Recorder) -> None:
+    service = start_gateway(gateway_config(broker))
+    [online] = recorder.wait_for(1, "colposcopy/gateways/gw-test/status")
+    status = body(online)
+    assert (status["state"], status["backend"], status["gateway_id"]) == ("online", "classical", "gw-test")
+    assert status["schema"] == "colposcopy-gateway/status/1" and status["version"]
+    service.stop()
+    got = recorder.wait_for(2, "colposcopy/gateways/gw-test/status")
+    assert [body(m)["state"] for m in got] == ["online", "offline"]
+
+
+def test_overload_answers_busy_and_every_photo_gets_one_verdict(
+    broker: Broker, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    service = start_gateway(
+        gateway_config(broker, processing={"workers": 1, "queue_size": 1, "busy_retry_after_ms": 1500})
+    )
+    try:
+        for n in range(12):
+            recorder.client.publish("colposcopy/s/d/images", sharp_jpeg, qos=1, properties=props(f"f{n}"))
+        got = [body(m) for m in recorder.wait_for(12, "colposcopy/s/d/verdicts", timeout=60)]
+    finally:
+        service.stop()
+    assert sorted(v["image_id"] for v in got) == sorted(f"f{n}" for n in range(12))
+    busy = [v for v in got if v["reasons"] == ["busy"]]
+    judged = [v for v in got if v["verdict"] == "accept"]
+    assert busy and judged and len(busy) + len(judged) == 12
+    assert all(v["verdict"] == "error" and v["retry_after_ms"] == 1500 for v in busy)
