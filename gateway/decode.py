@@ -1,0 +1,447 @@
+"""Safe, fast decoding of device photos (raw JPEG/PNG bytes) into upright BGR arrays.
+
+Order of work in :func:`decode`, cheapest and most defensive first:
+
+1. size limits on the payload (empty -> ``undecodable``, over ``max_bytes`` -> ``too_large``);
+2. header parse in pure Python (JPEG: marker walk to SOFn plus the APP1 Exif orientation; PNG:
+   signature + IHDR with its CRC) and the pixel limit, so a decompression bomb is refused in
+   microseconds, before any decoder runs or any pixel buffer is allocated;
+3. a structural completeness check: a JPEG must reach its EOI marker through its segment and scan
+   structure (the entropy-coded data is scanned for markers; an ``FFD9`` inside an Exif thumbnail
+   does not count), a PNG must reach its IEND chunk with valid CRCs on its critical chunks.
+   Truncated photos are refused as ``undecodable``: a health worker must never get a verdict on half
+   a photo. (OpenCV 5.0 itself refuses a JPEG without EOI; older builds may return the partial image.) Not
+   detectable this way: damage *inside* JPEG entropy-coded data while the EOI is intact (bit flips, a
+   missing middle piece); libjpeg conceals it with a warning on stderr and we return the image;
+4. ``cv2.imdecode``; JPEGs use libjpeg's DCT scaling (``IMREAD_REDUCED_COLOR_2/4/8``) when the
+   caller only needs ``min_long_side`` pixels on the long side;
+5. normalisation to HxWx3 ``uint8`` BGR and the EXIF orientation.
+
+OpenCV (verified on 5.0.0) applies the EXIF orientation itself in ``IMREAD_COLOR`` *and* in the
+``IMREAD_REDUCED_COLOR_*`` modes. To apply it exactly once whatever the installed version does, we
+always pass ``IMREAD_IGNORE_ORIENTATION`` and apply the orientation parsed by :func:`read_header`
+ourselves; the decoded size is checked against the header so a decoder that rotated anyway is caught.
+PNG orientation is always 1 (an ``eXIf`` chunk is ignored).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DecodeError",
+    "DecodeLimits",
+    "DecodedImage",
+    "ImageHeader",
+    "Reason",
+    "decode",
+    "read_header",
+]
+
+Reason = Literal["undecodable", "too_large"]
+ImageFormat = Literal["jpeg", "png"]
+BGRImage = npt.NDArray[np.uint8]
+
+
+class DecodeError(Exception):
+    """The payload cannot be turned into an image; ``reason`` is machine-readable, ``detail`` is for logs."""
+
+    reason: Reason
+    detail: str
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[DecodeError], tuple[Reason, str]]:
+        return (DecodeError, (self.reason, self.detail))
+
+    def __repr__(self) -> str:
+        return f"DecodeError({self.reason!r}, {self.detail!r})"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Resource limits checked before any decoder runs."""
+
+    max_bytes: int = 16 * 1024 * 1024
+    max_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the headers say. ``width``/``height`` are as stored, before the EXIF orientation."""
+
+    format: ImageFormat
+    width: int
+    height: int
+    orientation: int
+    """EXIF orientation 1..8; 1 when absent, invalid, or for PNG."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright BGR image, possibly shrunk by the decoder."""
+
+    pixels: BGRImage
+    """HxWx3 uint8 BGR, C-contiguous, upright (EXIF orientation applied)."""
+    full_width: int
+    """Upright width of the full-resolution image."""
+    full_height: int
+    """Upright height of the full-resolution image."""
+    reduction: int
+    """1, 2, 4 or 8: ``pixels`` is the full image shrunk by this factor (each side is ``ceil(full / r)``)."""
+    format: ImageFormat
+
+
+# --------------------------------------------------------------------------------------------- constants
+
+_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC: Final = b"\xff\xd8\xff"
+
+# SOFn: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
+_JPEG_SOF: Final = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_SOI: Final = 0xD8
+_JPEG_EOI: Final = 0xD9
+_JPEG_SOS: Final = 0xDA
+_JPEG_APP1: Final = 0xE1
+_JPEG_TEM: Final = 0x01
+# A marker: FF followed by anything but a stuffed 00, a fill FF or a restart marker (RST0-7 live inside
+# entropy-coded data and carry no length). Fill FFs before a marker are skipped by the search itself.
+_JPEG_MARKER_RE: Final = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
+# Real files have ~10 scans (progressive) and a few dozen segments; each empty progressive scan still
+# costs the decoder a pass over the whole image, so cap them (tiny-file CPU-exhaustion defence).
+_JPEG_MAX_SCANS: Final = 100
+_JPEG_MAX_SEGMENTS: Final = 2000
+
+# Valid PNG (colour type -> bit depths).
+_PNG_DEPTHS: Final = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_PNG_MAX_CHUNK: Final = 2**31 - 1
+
+_JPEG_FLAGS: Final = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+_PNG_FLAGS: Final = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH  # keep 16 bits; we scale with rounding
+
+
+def _quiet_opencv() -> None:
+    """Lower OpenCV's own log level to ERROR (never raise it). libjpeg/libpng write some warnings
+    straight to the C stderr; those cannot be silenced per call, but the structural checks above
+    keep truncated files (the usual source) away from the decoders."""
+    try:
+        logging = cv2.utils.logging
+        if logging.getLogLevel() > logging.LOG_LEVEL_ERROR:
+            logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+    except Exception:  # pragma: no cover - builds without utils.logging
+        pass
+
+
+_quiet_opencv()
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+def read_header(payload: bytes) -> ImageHeader:
+    """Parse only the headers of a JPEG or PNG; no decoder runs and nothing is allocated per pixel.
+
+    Raises ``DecodeError("undecodable")`` for empty, unknown or malformed headers.
+    """
+    header, _ = _read_header(_as_bytes(payload))
+    return header
+
+
+def decode(payload: bytes, limits: DecodeLimits, min_long_side: int = 0) -> DecodedImage:
+    """Decode a JPEG/PNG payload into an upright BGR image, enforcing ``limits`` before decoding.
+
+    For JPEG, the largest reduction ``r`` in 8, 4, 2 with ``long_side / r >= min_long_side`` is decoded
+    directly by libjpeg (much faster); ``min_long_side <= 0`` means full size. PNG is always full size.
+    Raises only :class:`DecodeError` for any bytes (``TypeError`` if ``payload`` is not bytes-like).
+    ``cv2.imdecode`` releases the GIL, so decoding in worker threads runs in parallel.
+    """
+    data = _as_bytes(payload)
+    if not data:
+        raise DecodeError("undecodable", "empty payload")
+    if len(data) > limits.max_bytes:
+        raise DecodeError("too_large", f"payload is {len(data)} bytes, limit {limits.max_bytes}")
+    header, bit_depth = _read_header(data)
+    pixels_declared = header.width * header.height
+    if pixels_declared > limits.max_pixels:
+        raise DecodeError(
+            "too_large",
+            f"{header.format} declares {header.width}x{header.height} = {pixels_declared} pixels, "
+            f"limit {limits.max_pixels}",
+        )
+
+    if header.format == "jpeg":
+        _check_jpeg_complete(data)
+        reduction = _pick_reduction(max(header.width, header.height), min_long_side)
+        flags = _JPEG_FLAGS[reduction]
+    else:
+        _check_png_complete(data)
+        reduction = 1
+        flags = _PNG_FLAGS
+
+    image = _imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    image = _to_bgr8(image, bit_depth)
+    expected = (-(-header.height // reduction), -(-header.width // reduction))
+    if image.shape[:2] != expected:
+        raise DecodeError(
+            "undecodable",
+            f"decoder returned {image.shape[1]}x{image.shape[0]}, header implies {expected[1]}x{expected[0]}",
+        )
+
+    image = _apply_orientation(image, header.orientation)
+    if header.orientation >= 5:
+        full_width, full_height = header.height, header.width
+    else:
+        full_width, full_height = header.width, header.height
+    return DecodedImage(
+        pixels=np.ascontiguousarray(image),
+        full_width=full_width,
+        full_height=full_height,
+        reduction=reduction,
+        format=header.format,
+    )
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _as_bytes(payload: bytes | bytearray | memoryview) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
+
+
+def _pick_reduction(long_side: int, min_long_side: int) -> int:
+    """Largest r in 8, 4, 2 with long_side / r >= min_long_side; 1 when min_long_side <= 0."""
+    if min_long_side <= 0:
+        return 1
+    for r in (8, 4, 2):
+        if long_side >= min_long_side * r:
+            return r
+    return 1
+
+
+def _read_header(data: bytes) -> tuple[ImageHeader, int]:
+    """Header plus the sample bit depth (for scaling >8-bit decoder output)."""
+    if not data:
+        raise DecodeError("undecodable", "empty payload")
+    try:
+        if data.startswith(_PNG_SIGNATURE):
+            return _png_header(data)
+        if data.startswith(_JPEG_MAGIC):
+            return _jpeg_header(data)
+    except (struct.error, IndexError, ValueError) as exc:  # safety net: bounds are checked explicitly
+        raise DecodeError("undecodable", f"malformed header: {exc}") from None
+    raise DecodeError("undecodable", f"not a JPEG or PNG (starts with {data[:8].hex()})")
+
+
+def _png_header(data: bytes) -> tuple[ImageHeader, int]:
+    if len(data) < 33:
+        raise DecodeError("undecodable", "PNG shorter than signature + IHDR")
+    length, ctype = struct.unpack_from(">I4s", data, 8)
+    if ctype != b"IHDR" or length != 13:
+        raise DecodeError("undecodable", "PNG does not start with a 13-byte IHDR chunk")
+    width, height, depth, color, compression, filtering, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    (crc,) = struct.unpack_from(">I", data, 29)
+    if zlib.crc32(data[12:29]) != crc:
+        raise DecodeError("undecodable", "PNG IHDR CRC mismatch")
+    if not (0 < width <= _PNG_MAX_CHUNK and 0 < height <= _PNG_MAX_CHUNK):
+        raise DecodeError("undecodable", f"PNG has invalid size {width}x{height}")
+    if depth not in _PNG_DEPTHS.get(color, ()) or compression or filtering or interlace > 1:
+        raise DecodeError("undecodable", f"PNG IHDR invalid (colour type {color}, bit depth {depth})")
+    return ImageHeader("png", width, height, 1), depth
+
+
+def _check_png_complete(data: bytes) -> None:
+    """Walk the chunks to IEND. A missing IEND or a chunk running past the end means truncation.
+    Critical chunks (IHDR, PLTE, IDAT, IEND) must match their CRC, as libpng requires; checking here
+    is cheap (~1 ms per 4 MB) and keeps libpng's error messages off stderr."""
+    view = memoryview(data)
+    pos, end, seen_idat = 8, len(data), False
+    while True:
+        if pos + 12 > end:
+            raise DecodeError("undecodable", "PNG truncated (no IEND chunk)")
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        if length > _PNG_MAX_CHUNK:
+            raise DecodeError("undecodable", "PNG chunk length out of range")
+        crc_at = pos + 8 + length
+        if crc_at + 4 > end:
+            raise DecodeError("undecodable", "PNG truncated (last chunk incomplete, no IEND chunk)")
+        if not ctype[0] & 0x20:  # critical chunk: upper-case first letter
+            (crc,) = struct.unpack_from(">I", data, crc_at)
+            if zlib.crc32(view[pos + 4 : crc_at]) != crc:
+                raise DecodeError("undecodable", f"PNG {ctype.decode('latin-1')!r} chunk CRC mismatch")
+        if ctype == b"IEND":
+            break
+        seen_idat = seen_idat or ctype == b"IDAT"
+        pos = crc_at + 4
+    if not seen_idat:
+        raise DecodeError("undecodable", "PNG has no IDAT chunk")
+
+
+def _next_jpeg_segment(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """Find the next marker at or after ``pos`` (skipping entropy-coded data and fill bytes, like
+    libjpeg's ``next_marker``). Returns ``(marker, body_start, body_end)``, the body empty for
+    standalone markers, or None when no marker is left."""
+    match = _JPEG_MARKER_RE.search(data, pos)
+    if match is None:
+        return None
+    marker = data[match.start() + 1]
+    start = match.end()
+    if marker in (_JPEG_EOI, _JPEG_TEM):
+        return marker, start, start
+    if marker == _JPEG_SOI:
+        raise DecodeError("undecodable", "JPEG has a second SOI marker")
+    if start + 2 > len(data):
+        raise DecodeError("undecodable", f"JPEG truncated in marker 0x{marker:02X}")
+    (length,) = struct.unpack_from(">H", data, start)
+    if length < 2:
+        raise DecodeError("undecodable", f"JPEG marker 0x{marker:02X} has bogus length {length}")
+    if start + length > len(data):
+        raise DecodeError("undecodable", f"JPEG truncated in marker 0x{marker:02X} segment")
+    return marker, start + 2, start + length
+
+
+def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
+    """Walk the markers up to the first SOS: first SOFn gives the size, first Exif APP1 the orientation."""
+    size: tuple[int, int, int] | None = None
+    orientation: int | None = None
+    pos = 2
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        try:
+            segment = _next_jpeg_segment(data, pos)
+        except DecodeError:
+            if size is None:
+                raise
+            break  # header damaged after the SOF: the size is known, completeness is checked later
+        if segment is None:
+            break
+        marker, start, end = segment
+        if marker in (_JPEG_SOS, _JPEG_EOI):
+            break
+        if marker in _JPEG_SOF and size is None:
+            if end - start < 6:
+                raise DecodeError("undecodable", "JPEG SOF segment too short")
+            size = struct.unpack_from(">BHH", data, start)
+        elif marker == _JPEG_APP1 and orientation is None and data.startswith(b"Exif\x00\x00", start):
+            orientation = _exif_orientation(data[start + 6 : end])
+        pos = end
+    if size is None:
+        raise DecodeError("undecodable", "JPEG has no frame header (SOFn) before its first scan")
+    precision, height, width = size
+    if width == 0 or height == 0:
+        raise DecodeError("undecodable", f"JPEG declares size {width}x{height} (DNL is not supported)")
+    return ImageHeader("jpeg", width, height, orientation or 1), precision
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """Orientation tag (0x0112) of IFD0 in a TIFF blob; 1 when absent, malformed or out of range."""
+    if len(tiff) < 8:
+        return 1
+    if tiff[:4] == b"II*\x00":
+        order = "<"
+    elif tiff[:4] == b"MM\x00*":
+        order = ">"
+    else:
+        return 1
+    (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack_from(order + "H", tiff, ifd)
+    for i in range(min(count, (len(tiff) - ifd - 2) // 12)):
+        entry = ifd + 2 + 12 * i
+        tag, kind, n = struct.unpack_from(order + "HHI", tiff, entry)
+        if tag != 0x0112:
+            continue
+        if n < 1 or kind not in (3, 4):  # SHORT (standard) or LONG (seen from sloppy writers)
+            return 1
+        (value,) = struct.unpack_from(order + ("H" if kind == 3 else "I"), tiff, entry + 8)
+        return int(value) if 1 <= value <= 8 else 1
+    return 1
+
+
+def _check_jpeg_complete(data: bytes) -> None:
+    """Follow segments and scans to the EOI marker; refuse truncated files and absurd scan counts."""
+    pos = 2
+    scans = 0
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        segment = _next_jpeg_segment(data, pos)
+        if segment is None:
+            raise DecodeError("undecodable", "JPEG truncated (no EOI marker after the last scan)")
+        marker, _, pos = segment
+        if marker == _JPEG_EOI:
+            if scans == 0:
+                raise DecodeError("undecodable", "JPEG has no scan (SOS) before EOI")
+            return
+        if marker == _JPEG_SOS:
+            scans += 1
+            if scans > _JPEG_MAX_SCANS:
+                raise DecodeError("undecodable", f"JPEG has more than {_JPEG_MAX_SCANS} scans")
+    raise DecodeError("undecodable", f"JPEG has more than {_JPEG_MAX_SEGMENTS} marker segments")
+
+
+def _apply_orientation(image: BGRImage, orientation: int) -> BGRImage:
+    """Turn the stored image upright for EXIF ``orientation`` (same mapping as OpenCV's own)."""
+    if orientation == 2:
+        out = cv2.flip(image, 1)  # mirror left-right
+    elif orientation == 3:
+        out = cv2.rotate(image, cv2.ROTATE_180)
+    elif orientation == 4:
+        out = cv2.flip(image, 0)  # mirror top-bottom
+    elif orientation == 5:
+        out = cv2.transpose(image)  # mirror across the main diagonal
+    elif orientation == 6:
+        out = cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    elif orientation == 7:
+        out = cv2.flip(cv2.transpose(image), -1)  # mirror across the anti-diagonal
+    elif orientation == 8:
+        out = cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    else:
+        return image
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _imdecode(data: bytes, flags: int) -> npt.NDArray[np.generic]:
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except Exception as exc:  # cv2.error, MemoryError, ...
+        raise DecodeError("undecodable", f"decoder failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(image, np.ndarray) or image.size == 0:
+        raise DecodeError("undecodable", "decoder rejected the data")
+    return image
+
+
+def _to_bgr8(image: npt.NDArray[np.generic], bit_depth: int) -> BGRImage:
+    """HxW / HxWx1 / HxWx3 / HxWx4 of uint8/uint16 -> HxWx3 uint8 (alpha dropped, >8 bits rounded)."""
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2 and image.dtype in (np.uint8, np.uint16):
+        image = np.asarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR))
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise DecodeError("undecodable", f"decoder returned an array of shape {image.shape}")
+    if image.dtype == np.uint16:
+        # round(v * 255 / max_value): round(v / 257) for 16-bit PNG, v / 16.06 for a 12-bit JPEG.
+        max_value = (1 << bit_depth) - 1 if 8 < bit_depth <= 16 else 65535
+        image = np.asarray(cv2.convertScaleAbs(image.astype(np.uint16, copy=False), alpha=255.0 / max_value))
+    elif image.dtype != np.uint8:
+        raise DecodeError("undecodable", f"decoder returned unsupported dtype {image.dtype}")
+    return image.astype(np.uint8, copy=False)
