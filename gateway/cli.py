@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from gateway import __version__
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, defaults_yaml, load_config
 from gateway.logs import configure_logging
 from gateway.systemd import notify
 
@@ -37,7 +37,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    service = GatewayService(config, build_judge(config))
+    judge = build_judge(config)
+    service = GatewayService(config, judge)
     service.start()
     notify("STATUS=connecting to the broker")
     while not stop.is_set():
@@ -48,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     structlog.get_logger("gateway").info("stopping", signal="received")
     notify("STOPPING=1")
     service.stop()
+    judge.pipeline.slot.close()  # cancels a background engine build
     return 0
 
 
@@ -82,6 +84,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{path.name[:40]:40} {v.verdict!s:10} {p:>8} {found:>7} {v.timings_ms['total']:7.1f}  {reasons}")
         if args.annotate and judged.image is not None:
             cv2.imwrite(str(args.annotate / f"{path.stem}.jpg"), annotate(judged.image, v))
+    judge.pipeline.slot.close()  # a one-off check does not leave an engine build running
     return 1 if failed else 0
 
 
@@ -121,10 +124,56 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0 if all(r.verdict is not None for r in results) else 1
 
 
+def _models_config(args: argparse.Namespace) -> GatewayConfig:
+    """The config with the engine commands' options as overrides of its ``models:`` section."""
+    options = {
+        "manifest": args.manifest,
+        "engine_cache_dir": args.cache_dir,
+        "precision": getattr(args, "precision", None),
+        "calibration_dir": args.calibration,
+        "max_batch": getattr(args, "max_batch", None),
+        "workspace_mb": getattr(args, "workspace_mb", None),
+        "gpu": getattr(args, "gpu", None),
+    }
+    overrides: dict[str, Any] = {"models": {k: str(v) for k, v in options.items() if v is not None}}
+    config = load_config(args.config, overrides)
+    configure_logging(config.logging)
+    return config
+
+
+def cmd_engines_build(args: argparse.Namespace) -> int:
+    from gateway.engines.command import build
+
+    return build(_models_config(args), args.model, args.force)
+
+
+def cmd_engines_quantize(args: argparse.Namespace) -> int:
+    from gateway.engines.command import quantize
+
+    return quantize(_models_config(args), args.model, args.force)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import run_doctor
+
+    return run_doctor(_config(args))
+
+
 def cmd_config_validate(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     print(f"{args.file}: valid (gateway_id={config.gateway_id}, broker={config.broker.url})")
     return 0
+
+
+def cmd_config_defaults(_args: argparse.Namespace) -> int:
+    print(HEADER + defaults_yaml())
+    return 0
+
+
+HEADER = """\
+# colposcopy-gateway configuration: every key with its default (`colpo-gateway config defaults` prints this).
+# Check a file with `colpo-gateway config validate FILE`; unknown keys are errors. Secrets never go here.
+"""
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -162,11 +211,38 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="only the summary")
     sim.set_defaults(func=cmd_simulate)
 
+    engines = sub.add_parser("engines", help="TensorRT engines: build plans, quantize for INT8")
+    engines_sub = engines.add_subparsers(dest="engines_command", required=True)
+    for name, func, text in (
+        ("build", cmd_engines_build, "build TensorRT plans from the manifest's ONNX files for this GPU"),
+        ("quantize", cmd_engines_quantize, "make INT8 (QDQ) ONNX files with ONNX Runtime from calibration photos"),
+    ):
+        command = engines_sub.add_parser(name, help=text)
+        command.add_argument("--config", type=Path, help="YAML config (its models: section; defaults apply)")
+        command.add_argument("--manifest", type=Path, help="model manifest (overrides models.manifest)")
+        command.add_argument("--cache-dir", type=Path, help="engine cache (overrides models.engine_cache_dir)")
+        command.add_argument("--model", action="append", default=[], help="only this model (repeatable)")
+        command.add_argument("--calibration", type=Path, metavar="DIR", help="photos for INT8 calibration")
+        command.add_argument("--force", action="store_true", help="rebuild even when up to date")
+        command.set_defaults(func=func)
+        if name == "build":
+            command.add_argument("--precision", choices=["fp16", "fp32", "int8"], help="default: models.precision")
+            command.add_argument("--max-batch", type=int, help="largest batch of the optimization profile")
+            command.add_argument("--workspace-mb", type=int, help="builder workspace limit")
+            command.add_argument("--gpu", type=int, help="CUDA device index")
+
+    doctor = sub.add_parser("doctor", help="which backends can run here, cached engines, broker reachability")
+    doctor.add_argument("--config", type=Path)
+    doctor.add_argument("--broker", help="mqtt://host:port or mqtts://host:port; overrides the config")
+    doctor.set_defaults(func=cmd_doctor)
+
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     validate = config_sub.add_parser("validate", help="report every problem in a config file")
     validate.add_argument("file", type=Path)
     validate.set_defaults(func=cmd_config_validate)
+    defaults = config_sub.add_parser("defaults", help="print the default configuration as commented YAML")
+    defaults.set_defaults(func=cmd_config_defaults)
     return parser
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.backends.classical import ClassicalConfig
+from gateway.backends.settings import ModelsConfig
 from gateway.exposure import ExposureConfig
 from gateway.protocol import RESERVED_SITE, is_valid_id
 
@@ -130,11 +131,16 @@ def _default_gateway_id() -> str:
 class GatewayConfig(_Section):
     gateway_id: str = Field(default_factory=_default_gateway_id, description="Names this gateway's status topic")
     topic_prefix: str = Field(default="colposcopy")
-    backend: Literal["classical"] = "classical"
+    backend: Literal["auto", "tensorrt", "onnxruntime", "classical"] = Field(
+        default="auto",
+        description="auto: TensorRT if it imports and a GPU answers, else ONNX Runtime (if the manifest has models),"
+        " else classical",
+    )
     broker: BrokerConfig = BrokerConfig()
     decode: DecodeConfig = DecodeConfig()
     processing: ProcessingConfig = ProcessingConfig()
     classical: ClassicalConfig = ClassicalConfig()
+    models: ModelsConfig = ModelsConfig()
     exposure: ExposureConfig = ExposureConfig()
     policy: PolicyConfig = PolicyConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -226,3 +232,29 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> G
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
     return parse_config(text, str(path), overrides)
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+
+
+def defaults_yaml(model: BaseModel | None = None, indent: int = 0) -> str:
+    """The default configuration as commented YAML (``config/gateway.yaml`` is this output)."""
+    model = model or GatewayConfig(gateway_id="gw-1")
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            if info.description:
+                lines.append(f"{pad}# {info.description}")
+            lines.append(f"{pad}{name}:")
+            lines.append(defaults_yaml(value, indent + 1))
+            continue
+        if name == "client_id" and indent:
+            value = None  # derived from gateway_id unless set
+        comment = f"  # {info.description}" if info.description else ""
+        lines.append(f"{pad}{name}: {_yaml_scalar(value)}{comment}")
+    return "\n".join(lines)

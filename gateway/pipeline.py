@@ -4,36 +4,40 @@ from __future__ import annotations
 
 import time
 
-from gateway import __version__
 from gateway.assessment import Assessment
 from gateway.backends.base import Backend
-from gateway.backends.classical import ClassicalDetector, ClassicalFocus
+from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
 from gateway.decode import DecodedImage
 from gateway.exposure import ExposureConfig, check_exposure
 
 
-def load_backend(config: GatewayConfig) -> Backend:
-    """The backend the config asks for (only ``classical`` until the model engines land)."""
-    return Backend(
-        name="classical",
-        models={"classical": __version__},
-        detector=ClassicalDetector(config.classical),
-        focus=ClassicalFocus(config.classical),
-    )
+def load_backend(config: GatewayConfig) -> BackendSlot:
+    """The backend the config asks for (``backend:``; see gateway/backends/select.py), in a slot that a
+    background TensorRT build switches over when its engines are ready."""
+    from gateway.backends.select import select_backend
+
+    return select_backend(config)
 
 
 class Pipeline:
-    def __init__(self, backend: Backend, exposure: ExposureConfig) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend | BackendSlot, exposure: ExposureConfig) -> None:
+        self.slot = backend if isinstance(backend, BackendSlot) else BackendSlot(backend, "given")
         self._exposure = exposure
 
-    def assess(self, decoded: DecodedImage) -> Assessment:
+    @property
+    def backend(self) -> Backend:
+        """The backend in use now (it may change once, when TensorRT engines finish building)."""
+        return self.slot.current
+
+    def assess(self, decoded: DecodedImage, backend: Backend | None = None) -> Assessment:
+        """Assess with ``backend`` (default: the current one, taken once so a switch-over never mixes two)."""
+        backend = backend or self.slot.current
         image = decoded.pixels
         t0 = time.perf_counter()
-        cervix = self.backend.detector.locate(image)
+        cervix = backend.detector.locate(image)
         t1 = time.perf_counter()
-        focus = self.backend.focus.judge(image, cervix.box if cervix.found else None)
+        focus = backend.focus.judge(image, cervix.box if cervix.found else None)
         t2 = time.perf_counter()
         exposure = check_exposure(image, cervix.box if cervix.found else None, self._exposure)
         t3 = time.perf_counter()

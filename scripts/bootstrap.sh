@@ -17,3 +17,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[dev]"
+# TensorRT's type stubs (patched) for mypy's check of the TensorRT code; never on sys.path at run time.
+.venv/bin/python tools/typing/tensorrt_stubs.py >/dev/null

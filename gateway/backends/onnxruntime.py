@@ -1,0 +1,98 @@
+"""ONNX Runtime: runs the manifest's ONNX files on the CPU, or on CUDA / TensorRT execution providers when present.
+
+Optional dependency (``pip install colposcopy-gateway[onnx]``): without it the gateway falls back to the
+classical assessor. A session is thread-safe, so worker threads share one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.backends.runtime import InferenceError, TensorInfo
+
+ENGINE = "onnxruntime"
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+def _module() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+def probe() -> tuple[bool, str]:
+    """Whether ONNX Runtime imports here, and what it offers (or why not)."""
+    try:
+        ort = _module()
+    except ImportError as exc:
+        return False, f"onnxruntime is not installed ({exc}); pip install 'colposcopy-gateway[onnx]'"
+    return True, f"onnxruntime {ort.__version__}, providers {', '.join(ort.get_available_providers())}"
+
+
+def choose_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The requested providers that exist here (or the preferred ones when none are requested), CPU last."""
+    wanted = list(requested) or list(PREFERRED_PROVIDERS)
+    chosen = [p for p in wanted if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def _info(arg: Any) -> TensorInfo:
+    dims = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+    return TensorInfo(name=str(arg.name), shape=dims, dtype=_DTYPES.get(str(arg.type), str(arg.type)))
+
+
+class OnnxRuntime:
+    """One ONNX model in one ``InferenceSession``."""
+
+    engine = ENGINE
+
+    def __init__(self, path: Path, providers: Sequence[str] = (), threads: int = 0) -> None:
+        ort = _module()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        chosen = choose_providers(providers, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile...)
+            raise InferenceError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        self.path = path
+        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
+        self._inputs = tuple(_info(a) for a in self._session.get_inputs())
+        self._outputs = tuple(_info(a) for a in self._session.get_outputs())
+        self._output_names = [o.name for o in self._outputs]
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self._session.run(self._output_names, dict(inputs))
+        except Exception as exc:
+            raise InferenceError(f"ONNX Runtime failed on {self.path.name}: {exc}") from exc
+        return {name: np.asarray(value) for name, value in zip(self._output_names, values, strict=True)}
+
+    def close(self) -> None:
+        """Sessions free themselves when dropped; nothing to release early."""

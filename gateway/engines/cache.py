@@ -1,0 +1,160 @@
+"""The engine cache: TensorRT plans keyed by model, ONNX sha256, precision, batch, TensorRT version and GPU.
+
+A plan only loads on the TensorRT version and GPU it was built for ("Version tag does not match" after a
+JetPack upgrade), so all of these are in its file name: after an upgrade the gateway simply finds no plan for
+the new key and builds one. Each plan has a JSON sidecar saying what it was built from, which ``doctor`` reads.
+Writes are atomic (temporary file, then rename); builders hold ``lock()`` so two never write at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.models.manifest import Manifest, ModelSpec
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a plan is built for."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: tuple[int, int]
+
+    def slug(self) -> str:
+        major, minor = self.compute_capability
+        return f"trt{self.tensorrt_version}_{_slug(self.gpu_name)}_sm{major}{minor}"
+
+
+@dataclass(frozen=True)
+class PlanKey:
+    model: str
+    version: str
+    onnx_sha256: str
+    precision: str
+    max_batch: int
+    target: Target
+
+    @classmethod
+    def of(cls, spec: ModelSpec, precision: str, max_batch: int, target: Target) -> PlanKey:
+        return cls(spec.name, spec.version, spec.sha256, precision, max_batch, target)
+
+    def filename(self) -> str:
+        return (
+            f"{self.model}-{_slug(self.version)}_{self.onnx_sha256[:16]}_{self.precision}_b{self.max_batch}"
+            f"_{self.target.slug()}.plan"
+        )
+
+
+@dataclass(frozen=True)
+class CachedPlan:
+    path: Path
+    meta: dict[str, Any] | None
+    """The sidecar's content; None when it is missing or unreadable."""
+
+
+class EngineCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def plan_path(self, key: PlanKey) -> Path:
+        return self.root / key.filename()
+
+    def timing_cache_path(self, target: Target) -> Path:
+        """Kept between builds: TensorRT reuses the kernel timings of earlier builds on the same GPU."""
+        return self.root / f"timing_{target.slug()}.cache"
+
+    def qdq_path(self, spec: ModelSpec) -> Path:
+        """The INT8 (QDQ) ONNX made from ``spec``'s ONNX by ONNX Runtime's quantization."""
+        return self.root / "qdq" / f"{spec.name}-{_slug(spec.version)}_{spec.sha256[:16]}_qdq.onnx"
+
+    def find(self, key: PlanKey) -> Path | None:
+        path = self.plan_path(key)
+        return path if path.is_file() and path.stat().st_size > 0 else None
+
+    def write_plan(self, key: PlanKey, plan: bytes) -> Path:
+        path = self.plan_path(key)
+        meta = {**asdict(key), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "bytes": len(plan)}
+        write_atomic(path, plan)
+        write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+        return path
+
+    def discard(self, path: Path) -> None:
+        """Remove a plan that does not load (and its sidecar)."""
+        for victim in (path, path.with_suffix(".json")):
+            victim.unlink(missing_ok=True)
+
+    def entries(self) -> list[CachedPlan]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for path in sorted(self.root.glob("*.plan")):
+            try:
+                meta = json.loads(path.with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                meta = None
+            out.append(CachedPlan(path, meta if isinstance(meta, dict) else None))
+        return out
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive build lock (blocks while another process builds)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".build.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plan_status(entry: CachedPlan, target: Target | None, manifest: Manifest | None) -> tuple[bool, str]:
+    """Whether a cached plan is usable here and now, and why not."""
+    meta = entry.meta
+    if meta is None:
+        return False, "no readable sidecar (.json): unknown origin"
+    built = meta.get("target") or {}
+    if manifest is not None:
+        spec = next((m for m in manifest.models if m.name == meta.get("model")), None)
+        if spec is None:
+            return False, f"model {meta.get('model')!r} is not in the manifest"
+        if spec.sha256 != meta.get("onnx_sha256"):
+            return False, f"built from another ONNX file ({str(meta.get('onnx_sha256'))[:12]}...)"
+    if target is None:
+        return False, "cannot check: no TensorRT GPU here"
+    if built.get("tensorrt_version") != target.tensorrt_version:
+        return False, f"built with TensorRT {built.get('tensorrt_version')}, this is {target.tensorrt_version}"
+    if built.get("gpu_name") != target.gpu_name or tuple(built.get("compute_capability", ())) != tuple(
+        target.compute_capability
+    ):
+        where = f"{built.get('gpu_name')} sm{built.get('compute_capability')}"
+        return False, f"built for {where}, this is {target.gpu_name} sm{list(target.compute_capability)}"
+    return True, "valid"

@@ -1,0 +1,128 @@
+"""``colpo-gateway engines build`` and ``engines quantize``: what the commands do, given a validated config."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from gateway.backends.runtime import InferenceError, shapes
+from gateway.config import GatewayConfig
+from gateway.engines.cache import EngineCache, PlanKey, Target
+from gateway.engines.progress import BuildProgress
+from gateway.engines.provider import TensorRTEngines
+from gateway.engines.quantize import QuantizeError, quantize_qdq
+from gateway.models.manifest import Manifest, ManifestError, ModelSpec, check_signature, load_manifest
+
+
+def _manifest(config: GatewayConfig, names: Sequence[str]) -> tuple[Manifest, list[ModelSpec]] | None:
+    path = config.models.manifest_path()
+    try:
+        manifest = load_manifest(path)
+    except ManifestError as exc:
+        print("manifest problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return None
+    unknown = sorted(set(names) - {m.name for m in manifest.models})
+    if unknown:
+        print(f"{path}: no model named {', '.join(unknown)}", file=sys.stderr)
+        return None
+    return manifest, [m for m in manifest.models if not names or m.name in names]
+
+
+def _qdq(config: GatewayConfig, manifest: Manifest, spec: ModelSpec, cache: EngineCache, force: bool) -> Path:
+    """The QDQ ONNX of ``spec`` (made now if missing); raises QuantizeError."""
+    target = cache.qdq_path(spec)
+    if target.is_file() and not force:
+        return target
+    calibration = config.models.calibration_dir
+    if calibration is None:
+        raise QuantizeError("INT8 needs calibration photos: --calibration DIR (or models.calibration_dir)")
+    used = quantize_qdq(manifest.onnx_path(spec), target, spec, calibration)
+    print(f"{spec.name}: quantized with {used} photos -> {target}")
+    return target
+
+
+def quantize(config: GatewayConfig, names: Sequence[str], force: bool) -> int:
+    """Make the QDQ INT8 ONNX of each model (ONNX Runtime only: no GPU needed)."""
+    found = _manifest(config, names)
+    if found is None:
+        return 1
+    manifest, specs = found
+    cache = EngineCache(config.models.cache_dir())
+    failed = 0
+    for spec in specs:
+        try:
+            path = _qdq(config, manifest, spec, cache, force)
+            print(f"{spec.name}: {path}")
+        except (QuantizeError, OSError, ValueError) as exc:
+            print(f"{spec.name}: quantization failed: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def build(config: GatewayConfig, names: Sequence[str], force: bool) -> int:
+    """Build (or confirm up to date) the TensorRT plan of each model for this TensorRT and GPU."""
+    found = _manifest(config, names)
+    if found is None:
+        return 1
+    manifest, specs = found
+    if not specs:
+        print(f"{config.models.manifest_path()} lists no models: nothing to build")
+        return 0
+    engines = TensorRTEngines(config.models)
+    target, why = engines.probe()
+    if target is None:
+        print(f"cannot build TensorRT engines here: {why}", file=sys.stderr)
+        return 1
+    print(f"building for {why}; cache {engines.cache.root}")
+    failed = sum(not _build_one(config, manifest, spec, engines, target, force) for spec in specs)
+    return 1 if failed else 0
+
+
+def _build_one(
+    config: GatewayConfig, manifest: Manifest, spec: ModelSpec, engines: TensorRTEngines, target: Target, force: bool
+) -> bool:
+    from gateway.engines.build import BuildError, BuildOptions, build_plan
+
+    models, cache = config.models, engines.cache
+    key = PlanKey.of(spec, models.precision, models.max_batch, target)
+    started = time.monotonic()
+    with cache.lock():
+        if not force and (existing := cache.find(key)) is not None:
+            print(f"{spec.name}: up to date ({existing.name})")
+            return True
+        try:
+            onnx = _qdq(config, manifest, spec, cache, False) if models.precision == "int8" else None
+            progress = BuildProgress(spec.name)
+            previous = signal.getsignal(signal.SIGINT)
+
+            def interrupt(_sig: int, _frame: FrameType | None) -> None:
+                progress.cancel()
+
+            signal.signal(signal.SIGINT, interrupt)
+            try:
+                options = BuildOptions(models.precision, models.max_batch, models.workspace_mb)
+                source = manifest.onnx_path(spec) if onnx is None else onnx
+                plan = build_plan(source, cache.timing_cache_path(target), options, progress)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        except (BuildError, QuantizeError, OSError) as exc:
+            print(f"{spec.name}: build failed: {exc}", file=sys.stderr)
+            return False
+        path = cache.write_plan(key, plan)
+    try:  # a plan that does not load or does not match the manifest is no plan
+        runtime = engines.open(path)
+        try:
+            check_signature(spec, shapes(runtime.inputs), shapes(runtime.outputs))
+        finally:
+            runtime.close()
+    except (InferenceError, ManifestError) as exc:
+        cache.discard(path)
+        print(f"{spec.name}: the new plan does not load or match the manifest: {exc}", file=sys.stderr)
+        return False
+    size_mb = path.stat().st_size / 1e6
+    print(f"{spec.name}: built {path.name} ({size_mb:.1f} MB) in {time.monotonic() - started:.0f} s")
+    return True

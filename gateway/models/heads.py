@@ -1,0 +1,64 @@
+"""Decoded outputs -> findings: the cervix box, and a sharp probability calibrated so 0.5 is the threshold.
+
+* detector: the highest-scoring ``cervix`` detection; found when its score reaches the model's threshold;
+* focus RetinaNet: the highest-scoring box over all anchors and both classes decides (Guo et al.): its score
+  ``s`` gives a raw sharp probability ``s`` if the class is ``sharp``, else ``1 - s``;
+* focus classifier: softmax over ``[N, 2]`` logits (the ``sharp`` column), or the sigmoid of ``[N, 1]``.
+
+The raw probability ``p`` is then mapped through the model's operating threshold ``t`` (piecewise linear:
+``0 -> 0``, ``t -> 0.5``, ``1 -> 1``), so the policy's 0.5 means the model's operating point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gateway.assessment import CervixFinding, FocusFinding
+from gateway.models.preprocess import Geometry
+from gateway.models.retinanet import Detections, sigmoid
+
+
+def calibrate(probability: float, threshold: float) -> float:
+    """Map a raw probability so that ``threshold`` becomes 0.5 (monotonic, piecewise linear, 0..1)."""
+    p = min(1.0, max(0.0, float(probability)))
+    if p < threshold:
+        return 0.5 * p / threshold
+    return 0.5 + 0.5 * (p - threshold) / (1.0 - threshold)
+
+
+def cervix_finding(
+    detections: Detections, geometry: Geometry, labels: tuple[str, ...], threshold: float
+) -> CervixFinding:
+    """The best cervix detection as a finding (box normalised to the photo)."""
+    cervix = labels.index("cervix")
+    mine = np.flatnonzero(detections.labels == cervix)
+    if mine.size == 0:
+        return CervixFinding(found=False, box=None, score=0.0)
+    best = int(mine[np.argmax(detections.scores[mine])])
+    score = float(detections.scores[best])
+    x0, y0, x1, y1 = (float(v) for v in geometry.to_source(detections.boxes[best : best + 1])[0])
+    if score < threshold or x1 <= x0 or y1 <= y0:
+        return CervixFinding(found=False, box=None, score=score)
+    return CervixFinding(found=True, box=(x0, y0, x1, y1), score=score)
+
+
+def retinanet_focus(cls_logits: np.ndarray, labels: tuple[str, ...], threshold: float) -> FocusFinding:
+    """``[A, 2]`` focus logits -> the finding of the highest-scoring box (``measure``: the raw probability)."""
+    if cls_logits.size == 0:
+        raise ValueError("the focus model gave no anchors")
+    scores = sigmoid(cls_logits)
+    anchor, label = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    top = float(scores[anchor, label])
+    raw = top if labels[int(label)] == "sharp" else 1.0 - top
+    return FocusFinding(sharp_probability=calibrate(raw, threshold), measure=raw)
+
+
+def classifier_focus(logits: np.ndarray, labels: tuple[str, ...], threshold: float) -> FocusFinding:
+    """One image's ``[2]`` (softmax) or ``[1]`` (sigmoid) logits -> the focus finding."""
+    values = np.asarray(logits, dtype=np.float64).ravel()
+    if values.size == 1:
+        raw = float(sigmoid(values)[0])
+    else:
+        shifted = np.exp(values - values.max())
+        raw = float(shifted[labels.index("sharp")] / shifted.sum())
+    return FocusFinding(sharp_probability=calibrate(raw, threshold), measure=raw)

@@ -1,0 +1,80 @@
+"""Photo -> input tensor, as the manifest's input spec says; and model boxes -> boxes of the photo.
+
+``letterbox`` keeps the aspect ratio: the photo is scaled to fit and placed at the top left, the rest padded
+(as torchvision batches images); ``stretch`` resizes to the input size. Boxes come back normalised to 0..1
+of the photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from gateway.assessment import Box
+from gateway.models.manifest import InputSpec
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the photo went in the input tensor."""
+
+    source_w: int
+    source_h: int
+    scale_x: float
+    """Input pixels per photo pixel, horizontally."""
+    scale_y: float
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """``[K, 4]`` boxes in input pixels (x0, y0, x1, y1) -> normalised to 0..1 of the photo, clipped."""
+        out = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+        out[:, 0::2] /= self.scale_x * self.source_w
+        out[:, 1::2] /= self.scale_y * self.source_h
+        clipped: np.ndarray = np.clip(out, 0.0, 1.0)
+        return clipped
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def preprocess(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
+    """A BGR (or grey) uint8 photo -> a ``[1, 3, H, W]`` tensor of the spec's dtype, and its geometry."""
+    image = _bgr(image)
+    src_h, src_w = image.shape[:2]
+    out_h, out_w = spec.height, spec.width
+    if spec.resize == "stretch":
+        new_w, new_h = out_w, out_h
+    else:
+        ratio = min(out_w / src_w, out_h / src_h)
+        new_w, new_h = max(1, min(out_w, round(src_w * ratio))), max(1, min(out_h, round(src_h * ratio)))
+    shrinking = new_w < src_w or new_h < src_h
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    canvas = np.full((out_h, out_w, 3), spec.pad_value, dtype=np.float32)
+    canvas[:new_h, :new_w] = resized
+    if spec.colour == "rgb":
+        canvas = canvas[:, :, ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32) * spec.scale
+    std = np.asarray(spec.std, dtype=np.float32) * spec.scale
+    normalised = (canvas - mean) / std
+    tensor = np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.dtype(spec.dtype))
+    return tensor, Geometry(src_w, src_h, new_w / src_w, new_h / src_h)
+
+
+def crop(image: np.ndarray, box: Box | None, margin: float) -> np.ndarray:
+    """The region of a normalised box, widened by ``margin`` of its size on each side; the photo if no box."""
+    if box is None:
+        return image
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = box
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    left, top = max(0, int((x0 - mx) * w)), max(0, int((y0 - my) * h))
+    right, bottom = min(w, int(np.ceil((x1 + mx) * w))), min(h, int(np.ceil((y1 + my) * h)))
+    if right - left < 2 or bottom - top < 2:
+        return image
+    return image[top:bottom, left:right]

@@ -1,0 +1,61 @@
+"""Photo -> tensor as the input spec says, and boxes back to the photo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.models.manifest import InputSpec
+from gateway.models.preprocess import Geometry, crop, preprocess
+
+
+def test_stretch_rgb_normalised_hand_computed() -> None:
+    image = np.zeros((32, 64, 3), dtype=np.uint8)
+    image[:, :] = (255, 0, 51)  # BGR: blue 255, green 0, red 51
+    spec = InputSpec(name="x", shape=(1, 3, 16, 16), resize="stretch", mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.5))
+    tensor, geometry = preprocess(image, spec)
+    assert tensor.shape == (1, 3, 16, 16) and tensor.dtype == np.float32
+    # RGB order: red 51/255 = 0.2 -> (0.2-0.5)/0.5 = -0.6; green 0 -> -2; blue 1 -> 1
+    np.testing.assert_allclose(tensor[0, :, 5, 5], [-0.6, -2.0, 1.0], atol=1e-6)
+    assert (geometry.scale_x, geometry.scale_y) == (0.25, 0.5)
+
+
+def test_bgr_order_and_float16() -> None:
+    image = np.full((16, 16, 3), (255, 0, 0), dtype=np.uint8)
+    spec = InputSpec(name="x", shape=(1, 3, 16, 16), colour="bgr", mean=(0, 0, 0), std=(1, 1, 1), dtype="float16")
+    tensor, _ = preprocess(image, spec)
+    assert tensor.dtype == np.float16
+    np.testing.assert_allclose(tensor[0, :, 0, 0], [1.0, 0.0, 0.0])
+
+
+def test_letterbox_keeps_the_aspect_and_pads_right_and_bottom() -> None:
+    image = np.full((20, 40, 3), 255, dtype=np.uint8)
+    spec = InputSpec(name="x", shape=(1, 3, 32, 32), mean=(0, 0, 0), std=(1, 1, 1), pad_value=0)
+    tensor, geometry = preprocess(image, spec)
+    # 40x20 -> 32x16 at the top left, zero below
+    assert tensor[0, 0, :16].min() == pytest.approx(1.0)
+    assert tensor[0, 0, 16:].max() == pytest.approx(0.0)
+    assert (geometry.scale_x, geometry.scale_y) == (0.8, 0.8)
+    # a box over the whole picture part maps back to the whole photo; boxes in the padding clip
+    np.testing.assert_allclose(
+        geometry.to_source(np.array([[0, 0, 32, 16], [0, 16, 32, 32]])), [[0, 0, 1, 1], [0, 1, 1, 1]]
+    )
+
+
+def test_grey_photos_are_accepted() -> None:
+    tensor, _ = preprocess(np.full((10, 10), 128, dtype=np.uint8), InputSpec(name="x", shape=(1, 3, 16, 16)))
+    assert tensor.shape == (1, 3, 16, 16)
+
+
+def test_geometry_to_source() -> None:
+    g = Geometry(source_w=200, source_h=100, scale_x=0.16, scale_y=0.32)
+    np.testing.assert_allclose(g.to_source(np.array([8, 8, 32, 24])), [[0.25, 0.25, 1.0, 0.75]])
+
+
+def test_crop_with_margin() -> None:
+    image = np.arange(100 * 200).reshape(100, 200)
+    part = crop(image, (0.25, 0.5, 0.75, 1.0), 0.1)
+    # x: 0.25-0.05 .. 0.75+0.05 of 200 = 40..160; y: 0.45 .. 1.0 (clipped) of 100 = 45..100
+    assert part.shape == (55, 120) and part[0, 0] == 45 * 200 + 40
+    assert crop(image, None, 0.1) is image
+    assert crop(image, (0.5, 0.5, 0.5, 0.5), 0.0) is image  # degenerate: the whole photo
