@@ -212,15 +212,15 @@ def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] 
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        problems: list[tuple[int, str]] = []
         for error in exc.errors():
             loc = tuple(error["loc"])
             # the line of the key itself, else of the closest parent that is in the file
             at = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), "?")
             key = ".".join(str(part) for part in loc) or "(top level)"
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-            problems.append(f"{source}:{at}: {key}: {message}")
-        raise ConfigError(problems) from None
+            problems.append((at if isinstance(at, int) else 0, f"{source}:{at}: {key}: {message}"))
+        raise ConfigError([text for _, text in sorted(problems, key=lambda p: p[0])]) from None
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> GatewayConfig:
