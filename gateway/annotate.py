@@ -25,4 +25,4 @@ def annotate(image: np.ndarray, verdict: VerdictMessage) -> np.ndarray:
         org = (thick * 4, round((n + 1) * 34 * scale))
         cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 3, cv2.LINE_AA)
         cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
-    return out
+    return np.asarray(out)

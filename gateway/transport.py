@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -85,7 +85,9 @@ class MqttTransport:
         self._receive_maximum = receive_maximum
         self.connected = threading.Event()
         """Set once connected and subscribed: photos published from now on reach this gateway."""
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.client_id or "", protocol=MQTTProtocolVersion.MQTTv5)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=broker.client_id or "", protocol=MQTTProtocolVersion.MQTTv5
+        )
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain, properties=_publish_properties(will))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         if broker.username is not None:
