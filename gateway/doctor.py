@@ -20,6 +20,7 @@ from gateway.backends.runtime import InferenceError, shapes
 from gateway.config import BrokerConfig, GatewayConfig
 from gateway.engines.cache import EngineCache, PlanKey, Target, plan_status
 from gateway.models.manifest import Manifest, ManifestError, check_signature, parse_manifest, verify_files
+from gateway.transport import apply_credentials
 
 TargetProbe = Callable[[], tuple[Target | None, str]]
 
@@ -50,14 +51,7 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
     client.on_connect = on_connect
     started = time.monotonic()
     try:
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password())
-        if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-            )
+        apply_credentials(client, broker)
         client.connect(broker.host, broker.port, keepalive=10)
     except (OSError, ValueError) as exc:
         return False, f"unreachable: {exc}"

@@ -66,6 +66,18 @@ def _incoming(msg: mqtt.MQTTMessage) -> IncomingPhoto:
     )
 
 
+def apply_credentials(client: mqtt.Client, broker: BrokerConfig) -> None:
+    """Username/password and TLS (CA verification on, client certificate optional) from the broker config."""
+    if broker.username is not None:
+        client.username_pw_set(broker.username, broker.password())
+    if broker.tls:
+        client.tls_set(
+            ca_certs=str(broker.ca_file) if broker.ca_file else None,
+            certfile=str(broker.cert_file) if broker.cert_file else None,
+            keyfile=str(broker.key_file) if broker.key_file else None,
+        )
+
+
 class MqttTransport:
     """One MQTT 5 connection: reconnects by itself, re-subscribes and calls ``on_connected`` each time."""
 
@@ -90,14 +102,7 @@ class MqttTransport:
         )
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain, properties=_publish_properties(will))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        if broker.username is not None:
-            client.username_pw_set(broker.username, broker.password())
-        if broker.tls:
-            client.tls_set(
-                ca_certs=str(broker.ca_file) if broker.ca_file else None,
-                certfile=str(broker.cert_file) if broker.cert_file else None,
-                keyfile=str(broker.key_file) if broker.key_file else None,
-            )
+        apply_credentials(client, broker)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
