@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import cv2
-from gateway.scenes import SceneSpec, encode_jpeg, render
 
+from gateway.scenes import SceneSpec, encode_jpeg, render
 from tests.conftest import Broker, Recorder
 
 REPO = Path(__file__).resolve().parents[1]

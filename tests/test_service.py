@@ -8,13 +8,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from gateway.scenes import SceneSpec, encode_jpeg, render
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import GatewayConfig, parse_config
 from gateway.judge import build_judge
 from gateway.protocol import derive_image_id
+from gateway.scenes import SceneSpec, encode_jpeg, render
 from gateway.service import GatewayService
 from tests.conftest import Broker, Recorder
 
