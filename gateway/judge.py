@@ -79,8 +79,9 @@ class Judge:
         except DecodeError as exc:
             return Judged(self.error(request, Reason(exc.reason), exc.detail))
         decoded_at = time.monotonic()
+        backend = self.pipeline.backend  # once: a TensorRT switch-over must not mix two backends in one verdict
         try:
-            assessment = self.pipeline.assess(decoded)
+            assessment = self.pipeline.assess(decoded, backend)
             device = (request.site, request.device) if request.in_run else None
             decision = self._policy.decide(device, request.image_id, assessment)
         except Exception:
@@ -113,8 +114,8 @@ class Judge:
                 overexposed=exposure.overexposed,
             ),
             best_image_id=decision.best_image_id,
-            backend=self.pipeline.backend.name,
-            models=dict(self.pipeline.backend.models),
+            backend=backend.name,
+            models=dict(backend.models),
             timings_ms=timings,
             received_at=request.received_at,
             decided_at=utc_timestamp(),

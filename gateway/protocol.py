@@ -201,3 +201,5 @@ class StatusMessage(_Message):
     backend: str | None = None
     models: dict[str, str] = Field(default_factory=dict)
     since: str
+    detail: str | None = None
+    """Why the state is ``degraded`` (e.g. a TensorRT build failed and ONNX Runtime serves instead)."""

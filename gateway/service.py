@@ -9,10 +9,12 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
 from gateway import __version__
+from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
 from gateway.judge import Judge, Judged, PhotoRequest
 from gateway.protocol import (
@@ -68,6 +70,7 @@ class GatewayService:
         for worker in self._workers:
             worker.start()
         self._transport.start()
+        self._judge.pipeline.slot.on_change(self._backend_changed)
         backend = self._judge.pipeline.backend
         log.info(
             "gateway_started",
@@ -88,20 +91,29 @@ class GatewayService:
         self._transport.stop(last=self._status("offline"))
         log.info("gateway_stopped", gateway_id=self._config.gateway_id)
 
-    def _status(self, state: str) -> Outgoing:
-        backend = self._judge.pipeline.backend
+    def _status(self, state: Literal["online", "offline", "degraded"]) -> Outgoing:
+        slot = self._judge.pipeline.slot
+        backend = slot.current
         message = StatusMessage(
             gateway_id=self._config.gateway_id,
-            state=state,  # type: ignore[arg-type]
+            state=state,
             version=__version__,
             backend=backend.name,
             models=dict(backend.models),
             since=self._since,
+            detail=slot.reason if state == "degraded" else None,
         )
         return Outgoing(self._status_topic, message.to_json(), retain=True)
 
     def _announce(self) -> None:
-        self._transport.publish(self._status("online"))
+        """Publish the availability status (online or degraded): on every (re)connect."""
+        self._transport.publish(self._status(self._judge.pipeline.slot.state))
+
+    def _backend_changed(self, _slot: BackendSlot) -> None:
+        """A background TensorRT build finished or failed: republish the status (if offline, the next
+        connect announces it anyway)."""
+        if self._transport.connected.is_set():
+            self._announce()
 
     def _accept(self, photo: IncomingPhoto) -> None:
         """Runs on the network thread: must not block."""

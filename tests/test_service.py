@@ -203,3 +203,33 @@ def test_overload_answers_busy_and_every_photo_gets_one_verdict(
     judged = [v for v in got if v["verdict"] == "accept"]
     assert busy and judged and len(busy) + len(judged) == 12
     assert all(v["verdict"] == "error" and v["retry_after_ms"] == 1500 for v in busy)
+
+
+def test_onnxruntime_backend_end_to_end_and_degraded_status_is_republished(
+    broker: Broker, recorder: Recorder, sharp_jpeg: bytes, tmp_path: Any
+) -> None:
+    """Real ONNX models through ONNX Runtime behind the broker; a backend change republishes the status."""
+    from tests.onnx_models import detector_and_classifier
+
+    manifest = detector_and_classifier(tmp_path / "models")
+    config = gateway_config(broker, backend="onnxruntime", models={"manifest": str(manifest)})
+    judge = build_judge(config)
+    service = GatewayService(config, judge)
+    service.start()
+    assert service.connected.wait(10)
+    try:
+        [online] = recorder.wait_for(1, "colposcopy/gateways/gw-test/status")
+        assert (body(online)["state"], body(online)["backend"]) == ("online", "onnxruntime")
+        assert set(body(online)["models"]) == {"cervix-detector", "focus-classifier"}
+        assert body(online).get("detail") is None
+        recorder.publish("colposcopy/s/d/images", sharp_jpeg, props("onnx-1"))
+        [verdict] = recorder.wait_for(1, "colposcopy/s/d/verdicts")
+        assert (body(verdict)["image_id"], body(verdict)["backend"]) == ("onnx-1", "onnxruntime")
+        assert body(verdict)["verdict"] in {"accept", "recapture"}
+        judge.pipeline.slot.degrade("building TensorRT engines failed (test); staying on onnxruntime")
+        got = recorder.wait_for(2, "colposcopy/gateways/gw-test/status")
+        degraded = body(got[1])
+        assert (degraded["state"], degraded["backend"]) == ("degraded", "onnxruntime")
+        assert degraded["detail"] == "building TensorRT engines failed (test); staying on onnxruntime"
+    finally:
+        service.stop()
