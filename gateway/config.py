@@ -43,6 +43,12 @@ class BrokerConfig(_Section):
     cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS (optional)")
     key_file: Path | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(
+        default=3600,
+        ge=0,
+        le=2**32 - 1,
+        description="How long the broker keeps this gateway's session (and queues photos for it) while it is away",
+    )
 
     @field_validator("url")
     @classmethod
@@ -96,9 +102,36 @@ class ProcessingConfig(_Section):
     workers: int = Field(default=0, ge=0, le=64, description="Worker threads; 0 = one per CPU core")
     queue_size: int = Field(default=8, ge=1, le=1024, description="Photos waiting beyond this get a busy error")
     busy_retry_after_ms: int = Field(default=2000, ge=0)
+    shutdown_grace_s: float = Field(
+        default=20,
+        gt=0,
+        le=300,
+        description="On SIGTERM: time to finish the photos in flight; what is left is redelivered by the broker",
+    )
 
     def worker_count(self) -> int:
         return self.workers or max(1, os.cpu_count() or 1)
+
+
+def default_state_dir() -> Path:
+    """Under systemd (``StateDirectory=``): ``$STATE_DIRECTORY``, i.e. /var/lib/colposcopy-gateway; else
+    ``$XDG_STATE_HOME`` (or ``~/.local/state``) ``/colposcopy-gateway``."""
+    if systemd := os.environ.get("STATE_DIRECTORY"):
+        return Path(systemd.split(":")[0])
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "colposcopy-gateway"
+
+
+class StoreConfig(_Section):
+    path: Path | None = Field(
+        default=None,
+        description="SQLite file of the verdicts decided (a duplicate gets the same answer); unset: "
+        "<state dir>/verdicts.sqlite3",
+    )
+    max_age_s: float = Field(default=86400, gt=0, description="Forget verdicts older than this")
+    max_entries: int = Field(default=100_000, ge=100, description="Keep at most this many verdicts")
+
+    def resolved_path(self) -> Path:
+        return self.path or default_state_dir() / "verdicts.sqlite3"
 
 
 class PolicyConfig(_Section):
@@ -116,6 +149,12 @@ class PolicyConfig(_Section):
     )
     run_timeout_s: float = Field(default=600, gt=0, description="A device idle this long starts a new run")
     recapture_expiry_s: int = Field(default=120, ge=1, description="MQTT 5 message expiry of recapture requests")
+
+
+class MetricsConfig(_Section):
+    enabled: bool = Field(default=True, description="Prometheus /metrics, /healthz and /readyz over HTTP")
+    host: str = Field(default="127.0.0.1", description="Address to listen on; 0.0.0.0 for every interface")
+    port: int = Field(default=9464, ge=0, le=65535, description="0: any free port")
 
 
 class LoggingConfig(_Section):
@@ -143,6 +182,8 @@ class GatewayConfig(_Section):
     models: ModelsConfig = ModelsConfig()
     exposure: ExposureConfig = ExposureConfig()
     policy: PolicyConfig = PolicyConfig()
+    store: StoreConfig = StoreConfig()
+    metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("gateway_id")

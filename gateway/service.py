@@ -1,13 +1,21 @@
-"""The running gateway: wires transport, a bounded queue, worker threads and the judge.
+"""The running gateway: wires transport, a bounded queue, worker threads, the verdict store and the judge.
 
 Flow: MQTT network thread -> ``_accept`` (parse topic and properties, route the reply, enqueue or answer
-``busy``) -> worker thread -> ``Judge`` -> publish verdict (and recapture request) -> log.
+``busy``) -> worker thread -> verdict store (a duplicate gets its stored verdict again) or ``Judge`` -> store ->
+publish verdict (and recapture request) -> once the broker has them (PUBACK), acknowledge the photo -> log.
+
+Every photo the gateway takes on is acknowledged only after its answer is with the broker, so a photo in flight
+when the gateway dies is redelivered to its next session; the store makes that redelivery (or a device's resend)
+get the same verdict, not a second judgement. On ``stop`` new photos are left unacknowledged for the broker to
+redeliver, those in flight are finished within the grace period.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,7 +24,7 @@ import structlog
 from gateway import __version__
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
-from gateway.judge import Judge, Judged, PhotoRequest
+from gateway.judge import Judge, PhotoRequest
 from gateway.protocol import (
     Reason,
     StatusMessage,
@@ -27,6 +35,7 @@ from gateway.protocol import (
     is_valid_id,
     utc_timestamp,
 )
+from gateway.store import PhotoKey, StoredVerdict, VerdictStore
 from gateway.transport import IncomingPhoto, MqttTransport, Outgoing
 
 log = structlog.get_logger(__name__)
@@ -34,32 +43,51 @@ log = structlog.get_logger(__name__)
 IMAGE_ID_PROPERTY = "image-id"
 
 
+#: Reasons whose verdicts are not stored: a later delivery of the same photo deserves a fresh try.
+_TRANSIENT = frozenset({Reason.BUSY, Reason.INTERNAL})
+
+
 @dataclass(frozen=True)
 class _Job:
     request: PhotoRequest
     reply_topic: str
     correlation_data: bytes | None
+    photo: IncomingPhoto
 
 
 class GatewayService:
-    def __init__(self, config: GatewayConfig, judge: Judge) -> None:
+    def __init__(self, config: GatewayConfig, judge: Judge, store: VerdictStore | None = None) -> None:
         self._config = config
         self._judge = judge
+        self._store = store or VerdictStore(
+            config.store.resolved_path(), config.store.max_age_s, config.store.max_entries
+        )
         self._topics = Topics(config.topic_prefix)
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=config.processing.queue_size)
+        processing = config.processing
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=processing.queue_size)
         self._workers = [
             threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
-            for n in range(config.processing.worker_count())
+            for n in range(processing.worker_count())
         ]
+        self._in_flight: dict[PhotoKey, list[_Job]] = {}
+        """Photos being judged, with the duplicates that arrived meanwhile (they get the same verdict)."""
+        self._in_flight_lock = threading.Lock()
+        self._unacked = 0
+        self._settled = threading.Condition()
+        self._stopping = threading.Event()
         self._since = utc_timestamp()
         self._status_topic = self._topics.status(config.gateway_id)
+        # Receive Maximum: as many unacknowledged photos as the workers and the queue hold, plus as many again
+        # that overflow the queue and are answered busy at once, so overload reaches the gateway (and the
+        # devices hear busy) rather than piling up unseen in the broker.
+        capacity = processing.queue_size + len(self._workers)
         self._transport = MqttTransport(
             config.broker,
             self._topics.image_subscriptions,
             will=self._status("offline"),
             on_photo=self._accept,
             on_connected=self._announce,
-            receive_maximum=config.processing.queue_size + len(self._workers),
+            receive_maximum=min(2 * capacity, 65535),
         )
 
     @property
@@ -82,14 +110,27 @@ class GatewayService:
             queue_size=self._config.processing.queue_size,
         )
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Finish the photos already queued, publish offline, disconnect."""
+    def stop(self, grace_s: float | None = None) -> None:
+        """Take no new photos, finish those in flight (within ``processing.shutdown_grace_s``), publish offline and
+        disconnect. Photos not answered by then stay unacknowledged, and the broker redelivers them."""
+        deadline = time.monotonic() + (grace_s if grace_s is not None else self._config.processing.shutdown_grace_s)
+        self._stopping.set()
         for _ in self._workers:
             self._queue.put(None)
         for worker in self._workers:
-            worker.join(grace_s)
+            worker.join(max(0.0, deadline - time.monotonic()))
+        while True:  # a photo that slipped in behind the workers' last turn: left for the broker to redeliver
+            try:
+                if self._queue.get_nowait() is not None:
+                    with self._settled:
+                        self._unacked -= 1
+            except queue.Empty:
+                break
+        with self._settled:
+            settled = self._settled.wait_for(lambda: self._unacked == 0, max(0.0, deadline - time.monotonic()))
         self._transport.stop(last=self._status("offline"))
-        log.info("gateway_stopped", gateway_id=self._config.gateway_id)
+        self._store.close()
+        log.info("gateway_stopped", gateway_id=self._config.gateway_id, unanswered=0 if settled else self._unacked)
 
     def _status(self, state: Literal["online", "offline", "degraded"]) -> Outgoing:
         slot = self._judge.pipeline.slot
@@ -117,10 +158,15 @@ class GatewayService:
 
     def _accept(self, photo: IncomingPhoto) -> None:
         """Runs on the network thread: must not block."""
+        if self._stopping.is_set():
+            return  # not acknowledged: the broker redelivers it to this session's next connection
+        with self._settled:
+            self._unacked += 1
         try:
             parsed = self._topics.parse_image_topic(photo.topic)
         except TopicError as exc:
             log.warning("topic_dropped", topic=photo.topic[:200], why=str(exc))
+            self._acknowledge(photo)
             return
         site, device = parsed.site, parsed.device
         claimed = next((v for k, v in photo.user_properties if k == IMAGE_ID_PROPERTY), None)
@@ -138,7 +184,7 @@ class GatewayService:
                 )
         valid_id = is_valid_id(image_id)
         request = PhotoRequest(site, device, image_id if valid_id else derive_image_id(photo.payload), photo.payload)
-        job = _Job(request, reply_topic, photo.correlation_data)
+        job = _Job(request, reply_topic, photo.correlation_data, photo)
         if not valid_id:
             detail = f"the {IMAGE_ID_PROPERTY} user property must be 1..64 characters of [A-Za-z0-9._-]"
             self._reply(job, self._judge.error(request, Reason.BAD_IMAGE_ID, detail))
@@ -152,17 +198,72 @@ class GatewayService:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                judged = self._judge.judge(job.request)
-                self._reply(job, judged.verdict, judged)
+                self._answer(job)
             except Exception:  # a worker must outlive any one photo
                 log.exception("worker_failed", image_id=job.request.image_id)
+                self._reply(job, self._judge.error(job.request, Reason.INTERNAL, "the gateway failed on this photo"))
 
-    def _reply(self, job: _Job, verdict: VerdictMessage, judged: Judged | None = None) -> None:
-        self._transport.publish(Outgoing(job.reply_topic, verdict.to_json(), correlation_data=job.correlation_data))
-        if judged is not None and judged.recapture is not None:
-            topic = self._topics.recapture(verdict.site, verdict.device)
+    def _answer(self, job: _Job) -> None:
+        """Judge a photo once: a photo already answered gets its stored verdict, one being judged waits for it."""
+        request = job.request
+        key = PhotoKey.of(request.site, request.device, request.image_id, request.payload)
+        with self._in_flight_lock:
+            stored = self._store.get(key)
+            if stored is None:
+                if key in self._in_flight:
+                    self._in_flight[key].append(job)
+                    return
+                self._in_flight[key] = [job]
+        if stored is not None:
+            self._send(job, stored, duplicate=True)
+            return
+        try:
+            judged = self._judge.judge(request)
+            verdict = judged.verdict
+            answer = StoredVerdict(verdict.to_json(), judged.recapture.to_json() if judged.recapture else None)
+            if not _TRANSIENT.intersection(verdict.reasons):
+                self._store.put(key, answer.verdict, answer.recapture)  # before publishing: it survives a crash
+        finally:
+            with self._in_flight_lock:
+                jobs = self._in_flight.pop(key)
+        for n, each in enumerate(jobs):
+            self._send(each, answer, duplicate=n > 0)
+        self._log(job, verdict)
+
+    def _send(self, job: _Job, answer: StoredVerdict, duplicate: bool) -> None:
+        """Publish the verdict (and recapture request); acknowledge the photo once the broker has both."""
+        done = self._ack_after(job.photo, 2 if answer.recapture else 1)
+        self._transport.publish(Outgoing(job.reply_topic, answer.verdict, correlation_data=job.correlation_data), done)
+        if answer.recapture is not None:
+            topic = self._topics.recapture(job.request.site, job.request.device)
             expiry = self._config.policy.recapture_expiry_s
-            self._transport.publish(Outgoing(topic, judged.recapture.to_json(), expiry_s=expiry))
+            self._transport.publish(Outgoing(topic, answer.recapture, expiry_s=expiry), done)
+        if duplicate:
+            request = job.request
+            log.info("verdict_repeated", site=request.site, device=request.device, image_id=request.image_id)
+
+    def _reply(self, job: _Job, verdict: VerdictMessage) -> None:
+        """An error verdict decided without judging (busy, bad image id, internal): not stored."""
+        self._send(job, StoredVerdict(verdict.to_json(), None), duplicate=False)
+        self._log(job, verdict)
+
+    def _ack_after(self, photo: IncomingPhoto, deliveries: int) -> Callable[[], None]:
+        remaining = [deliveries]
+
+        def delivered() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._acknowledge(photo)
+
+        return delivered
+
+    def _acknowledge(self, photo: IncomingPhoto) -> None:
+        self._transport.ack(photo)
+        with self._settled:
+            self._unacked -= 1
+            self._settled.notify_all()
+
+    def _log(self, job: _Job, verdict: VerdictMessage) -> None:
         log.info(
             "verdict",
             site=verdict.site,

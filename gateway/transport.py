@@ -2,6 +2,11 @@
 
 The network thread only hands each incoming photo to ``on_photo``, which must return at once; all work
 happens elsewhere. paho's ``publish`` is thread-safe, so workers publish directly.
+
+At-least-once: the session is persistent (stable client id, clean start off, a session expiry), incoming photos
+are acknowledged by hand (``ack``), and ``publish`` can call back once the broker has acknowledged the message
+(its PUBACK), so the service acknowledges a photo only after its verdict is safely with the broker. Messages
+published while the broker is away stay in paho's queue and go out on reconnect.
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ class IncomingPhoto:
     user_properties: tuple[tuple[str, str], ...]
     response_topic: str | None
     correlation_data: bytes | None
+    mid: int = 0
+    """The packet id to acknowledge (``MqttTransport.ack``); 0 for QoS 0, which needs no acknowledgement."""
+    qos: int = 0
+    redelivered: bool = False
+    """The broker's DUP flag: it sent this photo before (to this session) without getting an acknowledgement."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,9 @@ def _incoming(msg: mqtt.MQTTMessage) -> IncomingPhoto:
         user_properties=user,
         response_topic=response_topic if isinstance(response_topic, str) else None,
         correlation_data=bytes(correlation) if isinstance(correlation, (bytes, bytearray)) else None,
+        mid=msg.mid if msg.qos else 0,
+        qos=msg.qos,
+        redelivered=bool(msg.dup),
     )
 
 
@@ -98,7 +111,10 @@ class MqttTransport:
         self.connected = threading.Event()
         """Set once connected and subscribed: photos published from now on reach this gateway."""
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=broker.client_id or "", protocol=MQTTProtocolVersion.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=broker.client_id or "",
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
         )
         client.will_set(will.topic, will.payload, qos=1, retain=will.retain, properties=_publish_properties(will))
         client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -107,25 +123,52 @@ class MqttTransport:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_subscribe
+        client.on_publish = self._handle_publish
         self._client = client
+        self._delivery_lock = threading.Lock()
+        self._on_delivered: dict[int, Callable[[], None] | None] = {}
+        self._delivered_early: set[int] = set()
 
     def start(self) -> None:
         """Connect in the background; failures are retried with backoff, never raised."""
         props = Properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = self._receive_maximum
+        props.SessionExpiryInterval = self._broker.session_expiry_s
         self._client.connect_async(
-            self._broker.host, self._broker.port, keepalive=self._broker.keepalive_s, properties=props
+            self._broker.host,
+            self._broker.port,
+            keepalive=self._broker.keepalive_s,
+            clean_start=False,
+            properties=props,
         )
         self._client.loop_start()
 
-    def publish(self, message: Outgoing) -> mqtt.MQTTMessageInfo:
-        return self._client.publish(
+    def publish(self, message: Outgoing, on_delivered: Callable[[], None] | None = None) -> mqtt.MQTTMessageInfo:
+        """Publish at QoS 1 (queued while the broker is away); ``on_delivered`` runs on the network thread once the
+        broker has acknowledged it."""
+        info = self._client.publish(
             message.topic,
             message.payload,
             qos=1,
             retain=message.retain,
             properties=_publish_properties(message),
         )
+        # The PUBACK can arrive before this thread gets here: _handle_publish then leaves the mid in
+        # _delivered_early. Every publish goes through here, so every such mid is claimed at once.
+        with self._delivery_lock:
+            early = info.mid in self._delivered_early
+            if early:
+                self._delivered_early.discard(info.mid)
+            else:
+                self._on_delivered[info.mid] = on_delivered
+        if early and on_delivered is not None:
+            on_delivered()
+        return info
+
+    def ack(self, photo: IncomingPhoto) -> None:
+        """Acknowledge a photo (PUBACK): the broker forgets it. Unacknowledged photos come again after a reconnect."""
+        if photo.qos:
+            self._client.ack(photo.mid, photo.qos)
 
     def stop(self, last: Outgoing | None = None, timeout_s: float = 5.0) -> None:
         """Publish ``last`` (the offline status) if connected, then disconnect and stop the network thread."""
@@ -153,6 +196,20 @@ class MqttTransport:
             return
         self.connected.set()
         log.info("subscribed", subscriptions=list(self._subscriptions))
+
+    def _handle_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("publish_refused", mid=mid, reason=str(reason))
+        with self._delivery_lock:
+            if mid not in self._on_delivered:
+                self._delivered_early.add(mid)
+                return
+            callback = self._on_delivered.pop(mid)
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                log.exception("delivery_callback_failed", mid=mid)
 
     def _handle_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()

@@ -20,6 +20,13 @@ import pytest
 DEV_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "cervix-dev"
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test (and each gateway process it starts) gets its own state folder, so its verdict store."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,8 +53,12 @@ class Broker:
                 self.process.wait()
 
 
-def start_mosquitto(workdir: Path, extra: str = "", port: int | None = None) -> Broker:
-    """Start a private Mosquitto; ``extra`` is appended to its config (listeners, ACLs, TLS...)."""
+def start_mosquitto(workdir: Path, extra: str = "", port: int | None = None, *, defaults: bool = True) -> Broker:
+    """Start a private Mosquitto; ``extra`` is appended to its config (listeners, ACLs, TLS...).
+
+    ``defaults=False`` leaves out the default listener on ``port`` and ``allow_anonymous true``: ``extra`` then
+    is the whole configuration and must open a listener on 127.0.0.1:``port`` (which start-up waits for).
+    """
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         pytest.fail("mosquitto is not installed: run the README's test command, which installs it")
@@ -56,10 +67,8 @@ def start_mosquitto(workdir: Path, extra: str = "", port: int | None = None) -> 
     conf = workdir / "mosquitto.conf"
     conf.write_text(
         f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        "set_tcp_nodelay true\n"
-        f"log_dest file {workdir / 'mosquitto.log'}\n"
+        + (f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n" if defaults else "")
+        + f"log_dest file {workdir / 'mosquitto.log'}\n"
         "log_type error\nlog_type warning\nlog_type notice\n" + extra
     )
     process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
