@@ -221,12 +221,14 @@ def test_sigterm_finishes_queued_photos_then_exits_0(tmp_path: Path, broker: Bro
     process = start_process(config)
     try:
         assert device.wait(lambda: "online" in states(device), 20), "gateway never came online"
+        marker = b"PATIENT Jane Doe 1985-02-03"  # bytes after the JPEG's end: decoders ignore them, logs must too
         for n in range(8):
-            device.publish(f"img-{n:02d}", photos[n])
+            device.publish(f"img-{n:02d}", photos[n] + marker)
         assert device.wait(lambda: len(device.verdicts()) >= 1, 30)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=40)
         assert process.returncode == 0, stderr
+        assert marker.decode() not in stderr and "/9j/" not in stderr  # no image bytes (raw or base64) in logs
         # every photo the gateway had taken is answered before it went; any it had not taken stays with the broker
         taken = {json.loads(line)["image_id"] for line in stderr.splitlines() if '"event": "verdict"' in line}
         assert set(device.verdicts()) == taken and len(taken) >= 1
@@ -235,6 +237,7 @@ def test_sigterm_finishes_queued_photos_then_exits_0(tmp_path: Path, broker: Bro
             restarted = start_process(config)
             try:
                 assert device.wait(lambda: len(device.verdicts()) == 8, 60)
+                assert all(json.loads(v[0])["verdict"] == "accept" for v in device.verdicts().values())
             finally:
                 restarted.send_signal(signal.SIGTERM)
                 restarted.communicate(timeout=30)
@@ -243,3 +246,24 @@ def test_sigterm_finishes_queued_photos_then_exits_0(tmp_path: Path, broker: Bro
         if process.poll() is None:
             process.kill()
         device.close()
+
+
+def test_a_photo_over_the_payload_limit_gets_too_large_not_silence(tmp_path: Path, photos: list[bytes]) -> None:
+    """The broker's packet limit sits above the gateway's payload limit (as in config/mosquitto/clinic.conf)."""
+    broker = start_mosquitto(tmp_path / "broker", "max_packet_size 1000000\n")
+    config = parse_config(config_yaml(tmp_path, broker) + "decode:\n  max_payload_bytes: 200000\n", "<test>")
+    device = connect_device(broker)
+    service = GatewayService(config, build_judge(config))
+    service.start()
+    try:
+        assert service.connected.wait(10)
+        device.publish("big", photos[0] + bytes(300_000))
+        device.publish("fits", photos[1])
+        assert device.wait(lambda: len(device.verdicts()) == 2, 20), device.verdicts()
+        big, fits = (json.loads(device.verdicts()[i][0]) for i in ("big", "fits"))
+        assert (big["verdict"], big["reasons"]) == ("error", ["too_large"])
+        assert fits["verdict"] == "accept"
+    finally:
+        service.stop()
+        device.close()
+        broker.stop()
