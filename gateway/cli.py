@@ -37,17 +37,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    notify("STATUS=loading the backend")
     judge = build_judge(config)
     service = GatewayService(config, judge)
-    service.start()
-    notify("STATUS=connecting to the broker")
-    while not stop.is_set():
-        if service.connected.wait(0.5):
-            notify("READY=1", f"STATUS=serving on {config.broker.url}")
-            break
+    service.start()  # READY=1, STATUS= and WATCHDOG=1 from here on: gateway.systemd.Notifier
     stop.wait()
     structlog.get_logger("gateway").info("stopping", signal="received")
-    notify("STOPPING=1")
     service.stop()
     judge.pipeline.slot.close()  # cancels a background engine build
     return 0

@@ -6,14 +6,19 @@ Messages are versioned by their ``schema`` field: fields may be added, never ren
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 VERDICT_SCHEMA = "colposcopy-gateway/verdict/1"
 RECAPTURE_SCHEMA = "colposcopy-gateway/recapture/1"
@@ -135,8 +140,20 @@ def utc_timestamp(at: datetime | None = None) -> str:
     return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _open_schema(schema: JsonDict) -> None:
+    """Published schemas allow unknown fields: later versions of the same schema may add some."""
+    schema.pop("additionalProperties", None)
+
+
 class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True, populate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        use_enum_values=True,
+        populate_by_name=True,
+        json_schema_serialization_defaults_required=True,  # every field is always sent, null or not
+        json_schema_extra=_open_schema,
+    )
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
@@ -162,7 +179,14 @@ class ExposureOut(_Message):
 
 
 class VerdictMessage(_Message):
-    schema_: str = Field(default=VERDICT_SCHEMA, alias="schema", serialization_alias="schema")
+    """The gateway's answer to one photo."""
+
+    schema_: str = Field(
+        default=VERDICT_SCHEMA,
+        alias="schema",
+        serialization_alias="schema",
+        json_schema_extra={"const": VERDICT_SCHEMA},
+    )
     image_id: str
     site: str
     device: str
@@ -184,7 +208,14 @@ class VerdictMessage(_Message):
 
 
 class RecaptureMessage(_Message):
-    schema_: str = Field(default=RECAPTURE_SCHEMA, alias="schema", serialization_alias="schema")
+    """Asks the device to take the photo again, with guidance for the health worker."""
+
+    schema_: str = Field(
+        default=RECAPTURE_SCHEMA,
+        alias="schema",
+        serialization_alias="schema",
+        json_schema_extra={"const": RECAPTURE_SCHEMA},
+    )
     image_id: str
     site: str
     device: str
@@ -194,7 +225,14 @@ class RecaptureMessage(_Message):
 
 
 class StatusMessage(_Message):
-    schema_: str = Field(default=STATUS_SCHEMA, alias="schema", serialization_alias="schema")
+    """The gateway's availability: retained, and also its Last Will."""
+
+    schema_: str = Field(
+        default=STATUS_SCHEMA,
+        alias="schema",
+        serialization_alias="schema",
+        json_schema_extra={"const": STATUS_SCHEMA},
+    )
     gateway_id: str
     state: Literal["online", "offline", "degraded"]
     version: str
@@ -203,3 +241,42 @@ class StatusMessage(_Message):
     since: str
     detail: str | None = None
     """Why the state is ``degraded`` (e.g. a TensorRT build failed and ONNX Runtime serves instead)."""
+
+
+SCHEMA_FILES: dict[str, type[_Message]] = {
+    "verdict.json": VerdictMessage,
+    "recapture.json": RecaptureMessage,
+    "status.json": StatusMessage,
+}
+"""The JSON Schemas of the published messages, by file name (committed under docs/schemas/)."""
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """Each published message's JSON Schema (draft 2020-12), generated from its model, by file name."""
+    return {
+        name: {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **model.model_json_schema(by_alias=True, mode="serialization"),
+        }
+        for name, model in SCHEMA_FILES.items()
+    }
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.protocol --write-schemas docs/schemas``: regenerate the committed schema files."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.protocol", description=main.__doc__)
+    parser.add_argument("--write-schemas", type=Path, metavar="DIR", required=True)
+    folder = parser.parse_args(argv).write_schemas
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (folder / name).write_text(schema_text(schema))
+        print(folder / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,6 +25,7 @@ from gateway import __version__
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
 from gateway.judge import Judge, PhotoRequest
+from gateway.metrics import Metrics
 from gateway.protocol import (
     Reason,
     StatusMessage,
@@ -36,6 +37,7 @@ from gateway.protocol import (
     utc_timestamp,
 )
 from gateway.store import PhotoKey, StoredVerdict, VerdictStore
+from gateway.systemd import Notifier
 from gateway.transport import IncomingPhoto, MqttTransport, Outgoing
 
 log = structlog.get_logger(__name__)
@@ -56,7 +58,13 @@ class _Job:
 
 
 class GatewayService:
-    def __init__(self, config: GatewayConfig, judge: Judge, store: VerdictStore | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        judge: Judge,
+        store: VerdictStore | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self._config = config
         self._judge = judge
         self._store = store or VerdictStore(
@@ -89,16 +97,43 @@ class GatewayService:
             on_connected=self._announce,
             receive_maximum=min(2 * capacity, 65535),
         )
+        self._notifier = notifier or Notifier()
+        self._metrics = Metrics(config.metrics, self.readiness, self._queue.qsize, self._transport.connected.is_set)
 
     @property
     def connected(self) -> threading.Event:
         return self._transport.connected
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port /metrics, /healthz and /readyz are served on; None when disabled or not bound."""
+        return self._metrics.port
+
+    def readiness(self) -> str | None:
+        """None when ready to judge photos (connected and subscribed; the backend is loaded before the service
+        is made), else why not."""
+        if self._stopping.is_set():
+            return "stopping"
+        if not self._transport.connected.is_set():
+            return f"not connected and subscribed to the broker at {self._config.broker.url}"
+        return None
+
+    def _describe(self) -> str:
+        """The STATUS= line systemd shows."""
+        if not self._transport.connected.is_set():
+            return f"connecting to the broker at {self._config.broker.url}"
+        slot = self._judge.pipeline.slot
+        degraded = f" (degraded: {slot.reason})" if slot.state == "degraded" else ""
+        return f"serving: {slot.current.name}{degraded}, {self._metrics.decided()} photos judged"
 
     def start(self) -> None:
         for worker in self._workers:
             worker.start()
         self._transport.start()
         self._judge.pipeline.slot.on_change(self._backend_changed)
+        self._metrics.backend(self._judge.pipeline.slot)
+        self._metrics.serve()
+        self._notifier.start(lambda: self.readiness() is None, self._describe)
         backend = self._judge.pipeline.backend
         log.info(
             "gateway_started",
@@ -115,6 +150,7 @@ class GatewayService:
         disconnect. Photos not answered by then stay unacknowledged, and the broker redelivers them."""
         deadline = time.monotonic() + (grace_s if grace_s is not None else self._config.processing.shutdown_grace_s)
         self._stopping.set()
+        self._notifier.stopping("stopping: finishing the photos in flight")
         for _ in self._workers:
             self._queue.put(None)
         for worker in self._workers:
@@ -130,6 +166,7 @@ class GatewayService:
             settled = self._settled.wait_for(lambda: self._unacked == 0, max(0.0, deadline - time.monotonic()))
         self._transport.stop(last=self._status("offline"))
         self._store.close()
+        self._metrics.close()
         log.info("gateway_stopped", gateway_id=self._config.gateway_id, unanswered=0 if settled else self._unacked)
 
     def _status(self, state: Literal["online", "offline", "degraded"]) -> Outgoing:
@@ -150,9 +187,10 @@ class GatewayService:
         """Publish the availability status (online or degraded): on every (re)connect."""
         self._transport.publish(self._status(self._judge.pipeline.slot.state))
 
-    def _backend_changed(self, _slot: BackendSlot) -> None:
+    def _backend_changed(self, slot: BackendSlot) -> None:
         """A background TensorRT build finished or failed: republish the status (if offline, the next
         connect announces it anyway)."""
+        self._metrics.backend(slot)
         if self._transport.connected.is_set():
             self._announce()
 
@@ -160,12 +198,14 @@ class GatewayService:
         """Runs on the network thread: must not block."""
         if self._stopping.is_set():
             return  # not acknowledged: the broker redelivers it to this session's next connection
+        self._metrics.photo_received()
         with self._settled:
             self._unacked += 1
         try:
             parsed = self._topics.parse_image_topic(photo.topic)
         except TopicError as exc:
             log.warning("topic_dropped", topic=photo.topic[:200], why=str(exc))
+            self._metrics.error("topic_dropped")
             self._acknowledge(photo)
             return
         site, device = parsed.site, parsed.device
@@ -196,11 +236,22 @@ class GatewayService:
             self._reply(job, self._judge.error(request, Reason.BUSY, "the gateway is busy", retry_after_ms=retry))
 
     def _work(self) -> None:
-        while (job := self._queue.get()) is not None:
+        """Judge photos from the queue; beat the watchdog heartbeat while idle and after each photo."""
+        worker = threading.current_thread().name
+        while True:
+            self._notifier.beat(worker)
+            try:
+                job = self._queue.get(timeout=self._notifier.heartbeat_s)
+            except queue.Empty:
+                continue
+            if job is None:
+                self._notifier.forget(worker)
+                return
             try:
                 self._answer(job)
             except Exception:  # a worker must outlive any one photo
                 log.exception("worker_failed", image_id=job.request.image_id)
+                self._metrics.error("worker_failed")
                 self._reply(job, self._judge.error(job.request, Reason.INTERNAL, "the gateway failed on this photo"))
 
     def _answer(self, job: _Job) -> None:
@@ -264,6 +315,7 @@ class GatewayService:
             self._settled.notify_all()
 
     def _log(self, job: _Job, verdict: VerdictMessage) -> None:
+        self._metrics.verdict(verdict)
         log.info(
             "verdict",
             site=verdict.site,
