@@ -43,6 +43,11 @@ class BrokerConfig(_Section):
     cert_file: Path | None = Field(default=None, description="Client certificate for mutual TLS (optional)")
     key_file: Path | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    share_group: str | None = Field(
+        default="colposcopy-gateways",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Gateways in one group share the photos ($share/<group>/...); null: a plain subscription",
+    )
     session_expiry_s: int = Field(
         default=3600,
         ge=0,

@@ -88,6 +88,23 @@ class Topics:
         """MQTT 5 form, then the MQTT 3.1.1 form that carries the image id as a topic level."""
         return f"{self.prefix}/+/+/images", f"{self.prefix}/+/+/images/+"
 
+    @property
+    def status_filter(self) -> str:
+        """Every gateway's availability status: a gateway watches its peers (see ``GatewayService.stop``)."""
+        return f"{self.prefix}/{RESERVED_SITE}/+/status"
+
+    def shared(self, topic_filter: str, group: str | None) -> str:
+        """``$share/<group>/<filter>``: the broker gives each message to one member of the group."""
+        return f"$share/{group}/{topic_filter}" if group else topic_filter
+
+    def status_gateway(self, topic: str) -> str | None:
+        """The gateway id of a status topic, or None when ``topic`` is not one."""
+        levels = topic.split("/")
+        head = f"{self.prefix}/{RESERVED_SITE}/".split("/")[:-1]
+        if len(levels) == len(head) + 2 and levels[: len(head)] == head and levels[-1] == "status":
+            return levels[-2]
+        return None
+
     def device_namespace(self, site: str, device: str) -> str:
         return f"{self.prefix}/{site}/{device}/"
 

@@ -12,6 +12,7 @@ redeliver, those in flight are finished within the grace period.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -67,9 +68,9 @@ class GatewayService:
     ) -> None:
         self._config = config
         self._judge = judge
-        self._store = store or VerdictStore(
-            config.store.resolved_path(), config.store.max_age_s, config.store.max_entries
-        )
+        if store is None:
+            store = VerdictStore(config.store.resolved_path(), config.store.max_age_s, config.store.max_entries)
+        self._store = store
         self._topics = Topics(config.topic_prefix)
         processing = config.processing
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=processing.queue_size)
@@ -89,9 +90,13 @@ class GatewayService:
         # that overflow the queue and are answered busy at once, so overload reaches the gateway (and the
         # devices hear busy) rather than piling up unseen in the broker.
         capacity = processing.queue_size + len(self._workers)
+        group = config.broker.share_group
+        self._image_subscriptions = tuple(self._topics.shared(t, group) for t in self._topics.image_subscriptions)
+        self._peers: dict[str, str] = {}
+        """Other gateways' last availability state, from their retained status messages."""
         self._transport = MqttTransport(
             config.broker,
-            self._topics.image_subscriptions,
+            (*self._image_subscriptions, self._topics.status_filter),
             will=self._status("offline"),
             on_photo=self._accept,
             on_connected=self._announce,
@@ -150,6 +155,7 @@ class GatewayService:
         disconnect. Photos not answered by then stay unacknowledged, and the broker redelivers them."""
         deadline = time.monotonic() + (grace_s if grace_s is not None else self._config.processing.shutdown_grace_s)
         self._stopping.set()
+        self._hand_over()
         self._notifier.stopping("stopping: finishing the photos in flight")
         for _ in self._workers:
             self._queue.put(None)
@@ -194,8 +200,28 @@ class GatewayService:
         if self._transport.connected.is_set():
             self._announce()
 
+    def _hand_over(self) -> None:
+        """With a peer in the share group online, leave the group so the broker sends it the photos from now on.
+        Alone, keep the subscription: the persistent session then queues photos until this gateway is back."""
+        peers = sorted(g for g, state in self._peers.items() if state in ("online", "degraded"))
+        if self._config.broker.share_group and peers:
+            left = self._transport.unsubscribe(self._image_subscriptions)
+            log.info("handed_over", peers=peers, unsubscribed=left)
+
+    def _peer_status(self, gateway_id: str, photo: IncomingPhoto) -> None:
+        if gateway_id != self._config.gateway_id:
+            try:
+                state = str(json.loads(photo.payload)["state"]) if photo.payload else "gone"
+            except (ValueError, KeyError, TypeError):
+                state = "unknown"
+            self._peers[gateway_id] = state
+        self._transport.ack(photo)
+
     def _accept(self, photo: IncomingPhoto) -> None:
         """Runs on the network thread: must not block."""
+        if (peer := self._topics.status_gateway(photo.topic)) is not None:
+            self._peer_status(peer, photo)
+            return
         if self._stopping.is_set():
             return  # not acknowledged: the broker redelivers it to this session's next connection
         self._metrics.photo_received()

@@ -170,6 +170,15 @@ class MqttTransport:
         if photo.qos:
             self._client.ack(photo.mid, photo.qos)
 
+    def unsubscribe(self, topics: tuple[str, ...], timeout_s: float = 2.0) -> bool:
+        """Unsubscribe and wait for the broker's UNSUBACK; False if not connected or no answer in time."""
+        if not self.connected.is_set():
+            return False
+        done = threading.Event()
+        self._client.on_unsubscribe = lambda *_: done.set()
+        self._client.unsubscribe(list(topics))
+        return done.wait(timeout_s)
+
     def stop(self, last: Outgoing | None = None, timeout_s: float = 5.0) -> None:
         """Publish ``last`` (the offline status) if connected, then disconnect and stop the network thread."""
         if last is not None and self.connected.is_set():

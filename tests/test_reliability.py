@@ -96,7 +96,7 @@ def config_yaml(tmp_path: Path, broker: Broker, **processing: int) -> str:
     return (
         f"gateway_id: gw-r\nbackend: classical\nbroker:\n  url: {broker.url}\n  keepalive_s: 5\n"
         f"processing: {json.dumps(settings)}\nstore:\n  path: {tmp_path / 'verdicts.sqlite3'}\n"
-        "logging:\n  format: json\n"
+        "metrics:\n  port: 0\nlogging:\n  format: json\n"
     )
 
 
@@ -214,7 +214,9 @@ def test_a_resent_photo_gets_the_same_verdict_and_other_bytes_a_new_one(
         device.close()
 
 
-def test_sigterm_finishes_queued_photos_then_exits_0(tmp_path: Path, broker: Broker, photos: list[bytes]) -> None:
+def test_sigterm_finishes_queued_photos_exits_0_and_the_session_keeps_the_rest(
+    tmp_path: Path, broker: Broker, photos: list[bytes]
+) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text(config_yaml(tmp_path, broker, queue_size=8))
     device = connect_device(broker)
@@ -233,15 +235,17 @@ def test_sigterm_finishes_queued_photos_then_exits_0(tmp_path: Path, broker: Bro
         taken = {json.loads(line)["image_id"] for line in stderr.splitlines() if '"event": "verdict"' in line}
         assert set(device.verdicts()) == taken and len(taken) >= 1
         assert device.wait(lambda: states(device)[-1:] == ["offline"], 10)
-        if len(taken) < 8:  # the rest is redelivered to the next gateway session
-            restarted = start_process(config)
-            try:
-                assert device.wait(lambda: len(device.verdicts()) == 8, 60)
-                assert all(json.loads(v[0])["verdict"] == "accept" for v in device.verdicts().values())
-            finally:
-                restarted.send_signal(signal.SIGTERM)
-                restarted.communicate(timeout=30)
-        assert sorted(device.verdicts()) == [f"img-{n:02d}" for n in range(8)]
+        # a lone gateway keeps its subscription: photos sent while it is down wait in its session
+        for n in range(8, 10):
+            device.publish(f"img-{n:02d}", photos[n])
+        restarted = start_process(config)  # gets what it had not taken, and what came while it was down
+        try:
+            assert device.wait(lambda: len(device.verdicts()) == 10, 60)
+            assert all(json.loads(v[0])["verdict"] == "accept" for v in device.verdicts().values())
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            restarted.communicate(timeout=30)
+        assert sorted(device.verdicts()) == [f"img-{n:02d}" for n in range(10)]
     finally:
         if process.poll() is None:
             process.kill()
