@@ -74,10 +74,8 @@ def rss_mb(pid: int) -> float:
 
 
 def machine() -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
-        platform.processor(),
-    )
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     try:
         import onnxruntime
@@ -108,7 +106,7 @@ def offline(config: GatewayConfig, photos: list[Photo], rounds: int) -> Offline:
     judge.pipeline.assess(decoded[0])  # warm-up
     models, decodes, singles = [], [], []
     for _ in range(rounds):
-        for photo, image in zip(photos, decoded):
+        for photo, image in zip(photos, decoded, strict=True):
             t0 = time.perf_counter()
             judge.pipeline.assess(image)
             models.append((time.perf_counter() - t0) * 1e3)

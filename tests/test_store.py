@@ -1,0 +1,63 @@
+"""The verdict store: what was decided is found again by (site, device, image id, payload hash), across a reopen,
+and the store stays bounded by age and by row count."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.store import PhotoKey, StoredVerdict, VerdictStore
+
+
+def key(n: int, payload: bytes = b"jpeg") -> PhotoKey:
+    return PhotoKey.of("site", "dev", f"img-{n}", payload)
+
+
+def test_a_verdict_is_found_by_its_full_key_only(tmp_path: Path) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite3", 3600, 1000)
+    store.put(key(1), b'{"verdict":"accept"}', None)
+    store.put(key(2), b'{"verdict":"recapture"}', b'{"reasons":["not_sharp"]}')
+    assert store.get(key(1)) == StoredVerdict(b'{"verdict":"accept"}', None)
+    assert store.get(key(2)) == StoredVerdict(b'{"verdict":"recapture"}', b'{"reasons":["not_sharp"]}')
+    assert store.get(key(1, b"other bytes")) is None  # the same id with other bytes is another photo
+    assert store.get(PhotoKey.of("site", "dev2", "img-1", b"jpeg")) is None
+    assert PhotoKey.of("s", "d", "i", b"x").payload_sha256 == (
+        "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+    )
+
+
+def test_verdicts_survive_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "v.sqlite3"
+    store = VerdictStore(path, 3600, 1000)
+    store.put(key(1), b"v1", None)
+    store.close()
+    again = VerdictStore(path, 3600, 1000)
+    assert again.get(key(1)) == StoredVerdict(b"v1", None) and len(again) == 1
+
+
+def test_old_verdicts_are_forgotten(tmp_path: Path) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite3", 0.2, 1000)
+    store.put(key(1), b"v1", None)
+    assert store.get(key(1)) is not None
+    time.sleep(0.3)
+    assert store.get(key(1)) is None  # expired verdicts are not answered even before pruning
+    assert store.prune() == 1 and len(store) == 0
+
+
+def test_the_newest_rows_are_kept_when_over_the_limit(tmp_path: Path) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite3", 3600, 100)
+    for n in range(150):
+        store.put(key(n), f"v{n}".encode(), None)
+        time.sleep(0.0005)  # distinct decision times
+    store.prune()
+    assert len(store) == 100
+    assert store.get(key(49)) is None and store.get(key(50)) == StoredVerdict(b"v50", None)
+
+
+@pytest.mark.parametrize("path", [None])
+def test_in_memory_store(path: Path | None) -> None:
+    store = VerdictStore(path, 3600, 1000)
+    store.put(key(1), b"v1", None)
+    assert store.get(key(1)) == StoredVerdict(b"v1", None)
