@@ -20,6 +20,7 @@ import structlog
 from gateway import __version__
 from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.base import Backend
+from gateway.backends.batching import batched
 from gateway.backends.classical import ClassicalDetector, ClassicalFocus
 from gateway.backends.neural import neural_backend, open_runtimes
 from gateway.backends.runtime import InferenceError, Runtime
@@ -115,7 +116,11 @@ class _Selector:
 
     def _open_onnx(self, manifest: Manifest) -> Backend:
         runtimes = open_runtimes(manifest, lambda spec: self._onnx(spec, manifest.onnx_path(spec)))
-        return neural_backend(ort_backend.ENGINE, manifest, runtimes, self.config.classical)
+        return neural_backend(ort_backend.ENGINE, manifest, self._batched(runtimes), self.config.classical)
+
+    def _batched(self, runtimes: dict[str, Runtime]) -> dict[str, Runtime]:
+        models = self.config.models
+        return {name: batched(rt, models.max_batch, models.batch_wait_ms) for name, rt in runtimes.items()}
 
     def _interim(self, manifest: Manifest) -> tuple[Backend, str | None, bool]:
         """ONNX Runtime if it runs the manifest here, else classical, why not, and whether a model is broken."""
@@ -137,7 +142,7 @@ class _Selector:
 
     def _open_tensorrt(self, manifest: Manifest, plans: dict[str, Path]) -> Backend:
         runtimes = open_runtimes(manifest, lambda spec: self.engines().open(plans[spec.name]))
-        return neural_backend("tensorrt", manifest, runtimes, self.config.classical)
+        return neural_backend("tensorrt", manifest, self._batched(runtimes), self.config.classical)
 
     def _tensorrt(self, manifest: Manifest, path: Path, target: Target, why: str) -> BackendSlot:
         engines = self.engines()

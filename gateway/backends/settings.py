@@ -41,7 +41,18 @@ class ModelsConfig(BaseModel):
     calibration_dir: Path | None = Field(
         default=None, description="Photos for INT8 quantization (ONNX Runtime QDQ), only with precision: int8"
     )
-    max_batch: int = Field(default=4, ge=1, le=64, description="Largest batch of the engines' optimization profile")
+    max_batch: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Largest batch: photos of several devices judged in one run, and the TensorRT profile's maximum",
+    )
+    batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="How long a batch waits for more photos; 0: batch only photos already waiting, never wait",
+    )
     workspace_mb: int = Field(default=1024, ge=64, description="TensorRT builder workspace limit")
     gpu: int = Field(default=0, ge=0, description="CUDA device index")
     onnxruntime_providers: tuple[str, ...] = Field(

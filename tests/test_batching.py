@@ -1,0 +1,90 @@
+"""Dynamic batching on a real ONNX Runtime session: concurrent single-photo calls run together and each caller
+gets exactly its own rows back."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.backends.batching import BatchingRuntime, batched
+from gateway.backends.onnxruntime import OnnxRuntime
+from gateway.backends.runtime import InferenceError
+from tests.onnx_models import conv_classifier
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> OnnxRuntime:
+    return OnnxRuntime(conv_classifier(tmp_path / "conv.onnx", 16, seed=3))
+
+
+def crops(seed: int, rows: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (rows, 3, 16, 16)).astype(np.float32)
+
+
+def test_concurrent_calls_are_batched_and_each_gets_its_own_rows(session: OnnxRuntime) -> None:
+    sizes: list[int] = []
+    runtime = BatchingRuntime(session, max_batch=4, max_wait_ms=50, on_batch=sizes.append)
+    expected = {n: session.run({"crops": crops(n)})["logits"] for n in range(8)}
+    got: dict[int, np.ndarray] = {}
+    start = threading.Barrier(8)
+
+    def call(n: int) -> None:
+        start.wait()
+        got[n] = runtime.run({"crops": crops(n)})["logits"]
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    runtime.close()
+    assert sorted(got) == list(range(8))
+    for n in range(8):
+        assert got[n].shape == (1, 2)
+        np.testing.assert_allclose(got[n], expected[n], rtol=1e-5, atol=1e-6)
+    assert sum(sizes) == 8 and max(sizes) <= 4 and len(sizes) < 8  # some calls ran together
+
+
+def test_a_lone_call_does_not_wait_with_max_wait_0(session: OnnxRuntime) -> None:
+    sizes: list[int] = []
+    runtime = BatchingRuntime(session, max_batch=4, max_wait_ms=0, on_batch=sizes.append)
+    out = runtime.run({"crops": crops(1)})["logits"]
+    np.testing.assert_allclose(out, session.run({"crops": crops(1)})["logits"], rtol=1e-5, atol=1e-6)
+    assert sizes == [1]
+    runtime.close()
+
+
+def test_calls_of_several_rows_never_exceed_max_batch(session: OnnxRuntime) -> None:
+    sizes: list[int] = []
+    runtime = BatchingRuntime(session, max_batch=4, max_wait_ms=30, on_batch=sizes.append)
+    results: dict[int, np.ndarray] = {}
+    threads = [
+        threading.Thread(target=lambda n=n: results.__setitem__(n, runtime.run({"crops": crops(n, 3)})["logits"]))
+        for n in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    runtime.close()
+    assert sorted(sizes) == [3, 3, 3]  # 3 + 3 > 4: each waits for the next batch
+    for n, logits in results.items():
+        np.testing.assert_allclose(logits, session.run({"crops": crops(n, 3)})["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_batch_raises_in_every_caller_and_the_batcher_goes_on(session: OnnxRuntime) -> None:
+    runtime = BatchingRuntime(session, max_batch=4)
+    with pytest.raises(InferenceError):
+        runtime.run({"crops": np.zeros((1, 3, 8, 8), np.float32)})  # wrong size
+    assert runtime.run({"crops": crops(2)})["logits"].shape == (1, 2)
+    runtime.close()
+
+
+def test_only_dynamic_batch_models_are_wrapped(session: OnnxRuntime) -> None:
+    wrapped = batched(session, 4, 0)
+    assert isinstance(wrapped, BatchingRuntime)
+    wrapped.close()
+    assert batched(session, 1, 0) is session
