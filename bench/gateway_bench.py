@@ -50,6 +50,9 @@ from tests.conftest import start_mosquitto  # noqa: E402
 
 DEVICE_COUNTS = (1, 4, 16)
 
+JETSON_ON_PAPER = (Path(__file__).parent / "jetson_estimate.md").read_text()
+"""The Jetson estimate on paper, appended to the report until the benchmark runs there."""
+
 
 def phone_photos(count: int) -> list[Photo]:
     """12 MP (4000x3000) colposcope scenes with sensor noise, JPEG quality 92: 3-4 MB each, like a phone's."""
@@ -232,6 +235,7 @@ def report(
         f"| resident memory after a {soak_s / 60:.0f}-minute soak within 10% of the start | {start_mb:.0f} MB ->"
         f" {end_mb:.0f} MB ({end_mb / start_mb - 1:+.1%}; peak {peak_mb:.0f} MB) |",
         "",
+        JETSON_ON_PAPER,
     ]
     return "\n".join(lines)
 
