@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,17 @@ class _Job:
     photo: IncomingPhoto
 
 
+def _open_store(config: GatewayConfig) -> VerdictStore:
+    """The configured store; if its file cannot be opened, an in-memory one (duplicates are then recognised
+    only until a restart) rather than no gateway at all."""
+    path, settings = config.store.resolved_path(), config.store
+    try:
+        return VerdictStore(path, settings.max_age_s, settings.max_entries)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("verdict_store_unavailable", path=str(path), error=str(exc), fallback="memory")
+        return VerdictStore(None, settings.max_age_s, settings.max_entries)
+
+
 class GatewayService:
     def __init__(
         self,
@@ -68,9 +80,7 @@ class GatewayService:
     ) -> None:
         self._config = config
         self._judge = judge
-        if store is None:
-            store = VerdictStore(config.store.resolved_path(), config.store.max_age_s, config.store.max_entries)
-        self._store = store
+        self._store = store if store is not None else _open_store(config)
         self._topics = Topics(config.topic_prefix)
         processing = config.processing
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=processing.queue_size)
@@ -129,7 +139,8 @@ class GatewayService:
             return f"connecting to the broker at {self._config.broker.url}"
         slot = self._judge.pipeline.slot
         degraded = f" (degraded: {slot.reason})" if slot.state == "degraded" else ""
-        return f"serving: {slot.current.name}{degraded}, {self._metrics.decided()} photos judged"
+        building = "" if slot.wait_settled(0) else "; building TensorRT engines in the background"
+        return f"serving: {slot.current.name}{degraded}, {self._metrics.decided()} photos judged{building}"
 
     def start(self) -> None:
         for worker in self._workers:

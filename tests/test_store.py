@@ -61,3 +61,15 @@ def test_in_memory_store(path: Path | None) -> None:
     store = VerdictStore(path, 3600, 1000)
     store.put(key(1), b"v1", None)
     assert store.get(key(1)) == StoredVerdict(b"v1", None)
+
+
+def test_an_unwritable_store_falls_back_to_memory(tmp_path: Path) -> None:
+    from gateway.config import parse_config
+    from gateway.service import _open_store
+
+    (tmp_path / "file").write_text("not a folder")
+    config = parse_config(f"store:\n  path: {tmp_path / 'file' / 'v.sqlite3'}\n")
+    store = _open_store(config)
+    assert store.path is None
+    store.put(key(1), b"v1", None)
+    assert store.get(key(1)) == StoredVerdict(b"v1", None)
