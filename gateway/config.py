@@ -44,9 +44,10 @@ class BrokerConfig(_Section):
     key_file: Path | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     share_group: str | None = Field(
-        default="colposcopy-gateways",
+        default=None,
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
-        description="Gateways in one group share the photos ($share/<group>/...); null: a plain subscription",
+        description="Several gateways on one broker: the group that shares the photos ($share/<group>/...). Off"
+        " (null) for one gateway: Mosquitto 2.0 does not restore a shared subscription after a restart",
     )
     session_expiry_s: int = Field(
         default=3600,

@@ -16,7 +16,7 @@ from tests.test_reliability import connect_device, photos  # noqa: F401 - the ph
 
 def config(tmp_path: Path, broker: Broker, gateway_id: str) -> GatewayConfig:
     return parse_config(
-        f"gateway_id: {gateway_id}\nbackend: classical\nbroker:\n  url: {broker.url}\n"
+        f"gateway_id: {gateway_id}\nbackend: classical\nbroker:\n  url: {broker.url}\n  share_group: clinic\n"
         f"processing:\n  workers: 1\n  queue_size: 16\n"
         "metrics:\n  enabled: false\n",
         "<test>",
