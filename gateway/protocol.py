@@ -137,18 +137,23 @@ class Topics:
         return ImageTopic(site, device, levels[3] if len(levels) == 4 else None)
 
     def response_topic_allowed(self, response_topic: str, site: str, device: str) -> bool:
-        """True when a requested Response Topic lies in the requesting device's own namespace.
+        """True when a requested Response Topic is the requesting device's ``verdicts`` or under its ``replies/``.
 
         Anything else is refused: a device must not aim verdicts at another device, and a response
         topic that is itself an image topic would make the gateway judge its own verdicts.
         """
         namespace = self.device_namespace(site, device)
-        if not response_topic.startswith(namespace) or len(response_topic.encode()) > MAX_RESPONSE_TOPIC_BYTES:
+        try:
+            size = len(response_topic.encode("utf-8"))
+        except UnicodeEncodeError:  # not UTF-8 (an unpaired surrogate): no MQTT topic at all
+            return False
+        if not response_topic.startswith(namespace) or size > MAX_RESPONSE_TOPIC_BYTES:
             return False
         rest = response_topic[len(namespace) :].split("/")
         if any(level == "" or "+" in level or "#" in level or "\0" in level for level in rest):
             return False
-        return rest[0] != "images"
+        # what the shipped ACL lets a device read: its verdicts topic, or a topic under its replies/
+        return rest == ["verdicts"] or (rest[0] == "replies" and len(rest) > 1)
 
 
 def utc_timestamp(at: datetime | None = None) -> str:

@@ -66,6 +66,9 @@ def test_response_topic_must_stay_in_the_devices_namespace() -> None:
     assert not ok("colposcopy/s/d/#", "s", "d")
     assert not ok("colposcopy/s/d//x", "s", "d")
     assert not ok("colposcopy/s/d/" + "x" * 300, "s", "d")
+    assert not ok("colposcopy/s/d/recapture", "s", "d")  # the ACL lets devices read replies/ and verdicts only
+    assert not ok("colposcopy/s/d/replies", "s", "d")
+    assert not ok("colposcopy/s/d/replies/\ud800", "s", "d")  # an unpaired surrogate: refused, not a crash
 
 
 def test_derived_image_id_is_stable_and_valid() -> None:
