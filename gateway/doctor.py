@@ -1,14 +1,23 @@
-"""``colpo-gateway doctor``: what can run here and why not, which engines are cached and valid, the broker.
+"""``colpo-gateway doctor``: what can run here and why not, which engines are cached and valid, the broker, and
+whether the installed service has what it needs (config, credentials, writable folders, the metrics port).
 
-It changes nothing: it builds no engine and publishes nothing (it connects to the broker and disconnects).
-Exit status 0 when the configured backend can run as configured and the broker answers, else 1.
+It changes nothing: it builds no engine, creates no folder and publishes nothing (it connects to the broker and
+disconnects). Exit status 0 when the configured backend can run as configured, the broker answers and the service
+checks pass, else 1.
 """
 
 from __future__ import annotations
 
+import errno
+import getpass
+import os
+import socket
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
@@ -17,12 +26,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from gateway import __version__
 from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.runtime import InferenceError, shapes
-from gateway.config import BrokerConfig, GatewayConfig
+from gateway.config import BrokerConfig, GatewayConfig, MetricsConfig
 from gateway.engines.cache import EngineCache, PlanKey, Target, plan_status
 from gateway.models.manifest import Manifest, ManifestError, check_signature, parse_manifest, verify_files
 from gateway.transport import apply_credentials
 
 TargetProbe = Callable[[], tuple[Target | None, str]]
+
+CREDENTIAL_SOURCE = Path("/etc/colposcopy-gateway/mqtt-password")
+"""The file the unit's ``LoadCredential=mqtt-password:...`` reads (readable by root only)."""
 
 
 def _tensorrt_probe(config: GatewayConfig) -> TargetProbe:
@@ -53,6 +65,8 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
     try:
         apply_credentials(client, broker)
         client.connect(broker.host, broker.port, keepalive=10)
+    except ssl.SSLError as exc:
+        return False, f"TLS handshake failed: {exc}"
     except (OSError, ValueError) as exc:
         return False, f"unreachable: {exc}"
     client.loop_start()
@@ -149,6 +163,92 @@ def _engines(config: GatewayConfig, manifest: Manifest | None, target: Target | 
     return ready
 
 
+def _credentials(broker: BrokerConfig, report: _Report) -> bool:
+    """With a username, the password must be found: systemd credential, environment or password file."""
+    report.section("Credentials")
+    if broker.username is None:
+        report.line("no username: anonymous access to the broker")
+        return True
+    user = f"username {broker.username!r}"
+    try:
+        password = broker.password()
+    except OSError as exc:
+        report.line(f"{user}: the password file cannot be read: {exc}")
+        return False
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if password and credentials and (Path(credentials) / "mqtt-password").is_file():
+        report.line(f"{user}: password found (systemd credential mqtt-password)")
+    elif password and os.environ.get("COLPO_GATEWAY_MQTT_PASSWORD"):
+        report.line(f"{user}: password found (COLPO_GATEWAY_MQTT_PASSWORD)")
+    elif password:
+        report.line(f"{user}: password found (password_file {broker.password_file})")
+    elif CREDENTIAL_SOURCE.is_file() and CREDENTIAL_SOURCE.stat().st_size > 0:
+        report.line(f"{user}: password found in {CREDENTIAL_SOURCE} (the unit loads it as credential mqtt-password)")
+    else:
+        report.line(
+            f"{user} but NO PASSWORD: put it in {CREDENTIAL_SOURCE} (credential mqtt-password),"
+            " COLPO_GATEWAY_MQTT_PASSWORD or broker.password_file"
+        )
+        return False
+    return True
+
+
+def _writable(path: Path) -> tuple[bool, str]:
+    """Whether the gateway can write in ``path``, or create it in its nearest existing parent."""
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return False, f"NOT USABLE: {parent} is not a folder"
+    where = "writable" if parent == path else f"absent, can be created in {parent}"
+    if os.access(parent, os.W_OK | os.X_OK):
+        return True, where
+    return False, f"NOT WRITABLE by {getpass.getuser()}: {parent}"
+
+
+def _folders(config: GatewayConfig, report: _Report) -> bool:
+    report.section("Folders")
+    ok = True
+    for name, path in (("engine cache", config.models.cache_dir()), ("verdict store", config.store.resolved_path())):
+        folder = path if name == "engine cache" else path.parent
+        writable, why = _writable(folder)
+        report.line(f"{name}  {folder}: {why}")
+        ok = ok and writable
+    return ok
+
+
+def _metrics(metrics: MetricsConfig, report: _Report) -> bool:
+    """The metrics port: free to bind, or held by a running gateway that answers /healthz."""
+    report.section(f"Metrics  http://{metrics.host}:{metrics.port}/metrics")
+    if not metrics.enabled:
+        report.line("disabled")
+        return True
+    if metrics.port == 0:
+        report.line("port 0: the system picks a free port at start")
+        return True
+    family = socket.AF_INET6 if ":" in metrics.host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the gateway's HTTP server does
+        try:
+            sock.bind((metrics.host, metrics.port))
+            report.line(f"port {metrics.port} is free")
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                report.line(f"CANNOT LISTEN on {metrics.host}:{metrics.port}: {exc.strerror}")
+                return False
+    host = "127.0.0.1" if metrics.host == "0.0.0.0" else metrics.host
+    if family == socket.AF_INET6:
+        host = "[::1]" if metrics.host == "::" else f"[{metrics.host}]"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{metrics.port}/healthz", timeout=3) as answer:
+            report.line(f"port {metrics.port} in use by the running gateway: /healthz answers {answer.status}")
+            return True
+    except OSError as exc:  # URLError included
+        report.line(f"port {metrics.port} IN USE by another program (/healthz: {exc})")
+        return False
+
+
 def _choice(
     config: GatewayConfig, manifest: Manifest | None, ort_ok: bool, trt_ok: bool, plans: bool
 ) -> tuple[str, bool]:
@@ -168,12 +268,33 @@ def _choice(
     return "classical: neither TensorRT nor ONNX Runtime can run the models", requested == "auto"
 
 
-def run_doctor(config: GatewayConfig, out: TextIO | None = None, tensorrt: TargetProbe | None = None) -> int:
-    """Print the report; 0 when the configured backend runs as configured and the broker answers."""
+def invalid_config(source: Path | None, problems: list[str], out: TextIO | None = None) -> int:
+    """The report for a config that does not validate: its problems, and exit status 1."""
     import sys
 
     report = _Report(out or sys.stdout)
     print(f"colposcopy-gateway {__version__} doctor", file=report.out)
+    report.section(f"Config  {source or '(none: the defaults)'}")
+    for problem in problems:
+        report.line(f"INVALID {problem}")
+    print("\nPROBLEMS FOUND", file=report.out)
+    return 1
+
+
+def run_doctor(
+    config: GatewayConfig,
+    out: TextIO | None = None,
+    tensorrt: TargetProbe | None = None,
+    source: Path | None = None,
+) -> int:
+    """Print the report; 0 when the configured backend runs as configured, the broker answers and the service
+    checks pass. ``source`` names the config file."""
+    import sys
+
+    report = _Report(out or sys.stdout)
+    print(f"colposcopy-gateway {__version__} doctor", file=report.out)
+    report.section(f"Config  {source or '(none: the defaults)'}")
+    report.line(f"valid: gateway_id {config.gateway_id}, broker {config.broker.url}")
     manifest, manifest_ok = _manifest(config, report)
     report.section("Backends")
     report.line("classical    yes  model-free assessor, always available")
@@ -184,9 +305,13 @@ def run_doctor(config: GatewayConfig, out: TextIO | None = None, tensorrt: Targe
     choice, as_configured = _choice(config, manifest, ort_ok, target is not None, plans)
     report.section("Selection")
     report.line(f"backend: {config.backend} -> {choice}{'' if as_configured else '  (DEGRADED)'}")
-    report.section(f"Broker  {config.broker.url}")
+    credentials_ok = _credentials(config.broker, report)
+    tls = f" (TLS, CA: {config.broker.ca_file or 'the system store'})" if config.broker.tls else ""
+    report.section(f"Broker  {config.broker.url}{tls}")
     broker_ok, broker_why = broker_check(config.broker)
     report.line(broker_why)
-    healthy = manifest_ok and as_configured and broker_ok
+    folders_ok = _folders(config, report)
+    metrics_ok = _metrics(config.metrics, report)
+    healthy = manifest_ok and as_configured and broker_ok and credentials_ok and folders_ok and metrics_ok
     print(f"\n{'OK' if healthy else 'PROBLEMS FOUND'}", file=report.out)
     return 0 if healthy else 1

@@ -1,17 +1,24 @@
-"""``colpo-gateway doctor`` tells the truth: backends, manifest, engines, broker."""
+"""``colpo-gateway doctor`` tells the truth: backends, manifest, engines, broker, and the installed service's
+config, credentials, folders and metrics port."""
 
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from gateway.config import parse_config
+import pytest
+
+from gateway import doctor as doctor_module
+from gateway.config import MetricsConfig, parse_config
 from gateway.doctor import broker_check, run_doctor
 from gateway.engines.cache import EngineCache, PlanKey, Target
+from gateway.metrics import Metrics
 from gateway.models.manifest import load_manifest
-from tests.conftest import Broker, free_port
+from tests.certs import CertificateAuthority
+from tests.conftest import Broker, free_port, start_mosquitto
 from tests.onnx_models import detector_and_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,9 +88,8 @@ def test_doctor_on_this_machine_from_the_command_line() -> None:
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 1  # nothing listens on that port
-    assert (
-        "classical    yes" in result.stdout and "backend: auto -> classical: no models in the manifest" in result.stdout
-    )
+    # the repository's manifest lists the trained models: auto serves them through ONNX Runtime (first)
+    assert "classical    yes" in result.stdout and "backend: auto -> onnxruntime" in result.stdout
     trt_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("tensorrt"))
     try:
         import tensorrt  # noqa: F401
@@ -92,3 +98,121 @@ def test_doctor_on_this_machine_from_the_command_line() -> None:
     except ImportError:
         has_trt = False
     assert ("tensorrt is not installed" in trt_line) is not has_trt
+
+
+def classical_doctor(text: str) -> tuple[int, str]:
+    """The doctor on a classical gateway: the service checks, whatever models the repository's manifest lists."""
+    if "models:" not in text:
+        text += "models: {manifest: /nonexistent/manifest.yaml}\n"
+    return doctor("backend: classical\n" + text)
+
+
+def section(report: str, title: str) -> str:
+    """The lines of one report section (its title line up to the next blank line)."""
+    start = report.index(f"\n{title}")
+    return report[start:].split("\n\n")[0]
+
+
+def test_invalid_config_is_reported_in_doctor_style(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("policy:\n  borderline_band: 3\nmetrics: {port: 99999}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "doctor", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"Config  {config}" in result.stdout
+    assert f"INVALID {config}:2: policy.borderline_band" in result.stdout
+    assert f"INVALID {config}:3: metrics.port" in result.stdout
+    assert result.stdout.rstrip().endswith("PROBLEMS FOUND")
+
+
+def test_credentials_are_found_or_named_missing(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("COLPO_GATEWAY_MQTT_PASSWORD", raising=False)
+    monkeypatch.setattr(doctor_module, "CREDENTIAL_SOURCE", tmp_path / "etc" / "mqtt-password")
+    base = f"broker: {{url: '{broker.url}', username: gw"
+    code, report = classical_doctor(base + "}\n")
+    assert code == 1
+    assert "username 'gw' but NO PASSWORD" in section(report, "Credentials")
+
+    (tmp_path / "pw").write_text("secret\n")
+    code, report = classical_doctor(base + f", password_file: '{tmp_path / 'pw'}'}}\n")
+    assert f"username 'gw': password found (password_file {tmp_path / 'pw'})" in report
+    assert code == 0, report  # the anonymous test broker takes any credentials
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "mqtt-password").write_text("secret\n")  # as an admin sees it, outside the unit
+    code, report = classical_doctor(base + "}\n")
+    assert "password found in" in section(report, "Credentials") and code == 0
+
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "mqtt-password").write_text("secret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))  # as the unit sees it
+    code, report = classical_doctor(base + "}\n")
+    assert "password found (systemd credential mqtt-password)" in report and code == 0
+
+    code, report = classical_doctor(f"broker: {{url: '{broker.url}'}}\n")
+    assert "no username: anonymous access" in section(report, "Credentials")
+
+
+def test_broker_over_tls(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    other = CertificateAuthority.create(tmp_path / "other", "other-ca")
+    server = ca.issue("broker", "localhost", server=True)
+    port = free_port()
+    tls = start_mosquitto(
+        tmp_path / "broker",
+        f"listener {port} 127.0.0.1\ncafile {ca.cert}\ncertfile {server.cert}\nkeyfile {server.key}\n",
+    )
+    try:
+        code, report = classical_doctor(f"broker: {{url: 'mqtts://127.0.0.1:{port}', ca_file: '{ca.cert}'}}\n")
+        broker = section(report, "Broker")
+        assert f"Broker  mqtts://127.0.0.1:{port} (TLS, CA: {ca.cert})" in broker
+        assert "reachable: CONNACK Success" in broker and code == 0, report
+        code, report = classical_doctor(f"broker: {{url: 'mqtts://127.0.0.1:{port}', ca_file: '{other.cert}'}}\n")
+        assert "TLS handshake failed" in section(report, "Broker") and "certificate verify failed" in report
+        assert code == 1
+    finally:
+        tls.stop()
+
+
+def test_cache_and_state_folders_must_be_writable(tmp_path: Path, broker: Broker) -> None:
+    (tmp_path / "a-file").write_text("")
+    code, report = classical_doctor(
+        f"broker: {{url: '{broker.url}'}}\nstore: {{path: '{tmp_path / 'state' / 'verdicts.sqlite3'}'}}\n"
+        f"models: {{manifest: /nonexistent/manifest.yaml, engine_cache_dir: '{tmp_path / 'a-file' / 'engines'}'}}\n"
+    )
+    folders = section(report, "Folders")
+    assert (
+        f"engine cache  {tmp_path / 'a-file' / 'engines'}: NOT USABLE: {tmp_path / 'a-file'} is not a folder" in folders
+    )
+    assert f"verdict store  {tmp_path / 'state'}: absent, can be created in {tmp_path}" in folders
+    assert code == 1
+
+
+def test_metrics_port_free_taken_by_the_gateway_or_by_another_program(tmp_path: Path, broker: Broker) -> None:
+    base = f"broker: {{url: '{broker.url}'}}\nstore: {{path: '{tmp_path / 'v.sqlite3'}'}}\n"
+    port = free_port()
+    code, report = classical_doctor(base + f"metrics: {{port: {port}}}\n")
+    assert f"port {port} is free" in section(report, "Metrics") and code == 0, report
+
+    running = Metrics(MetricsConfig(port=0), lambda: None, lambda: 0, lambda: True)
+    running.serve()
+    try:
+        code, report = classical_doctor(base + f"metrics: {{port: {running.port}}}\n")
+        assert f"port {running.port} in use by the running gateway: /healthz answers 200" in report and code == 0
+    finally:
+        running.close()
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        code, report = classical_doctor(base + f"metrics: {{port: {taken}}}\n")
+    assert f"port {taken} IN USE by another program" in section(report, "Metrics") and code == 1
+
+    code, report = classical_doctor(base + "metrics: {enabled: false}\n")
+    assert "disabled" in section(report, "Metrics") and code == 0

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs the gateway as a systemd service (on a Jetson or any Debian/Ubuntu box), from this source tree:
+#   the `colposcopy` system user (in the `video` group: the GPU on a Jetson), a venv under /opt/colposcopy-gateway,
+#   the model manifest and ONNX files under /opt/colposcopy-gateway/engines, the config under /etc/colposcopy-gateway
+#   (an existing one is kept), an empty broker-password credential file if there is none, the unit, then
+#   `systemctl enable --now`. Safe to run again (an upgrade).
+#
+#   sudo ./scripts/install.sh [--extras jetson,onnx] [--no-start] [--dry-run]
+#
+# --extras  pip extras to install (default: onnx; on a Jetson: jetson,onnx, with JetPack's TensorRT)
+# --dry-run print the commands instead of running them (needs no root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PREFIX=/opt/colposcopy-gateway
+ETC=/etc/colposcopy-gateway
+UNIT=/etc/systemd/system/colposcopy-gateway.service
+USER_NAME=colposcopy
+EXTRAS=onnx
+START=1
+DRY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --extras) EXTRAS="$2"; shift 2 ;;
+    --no-start) START=0; shift ;;
+    --dry-run) DRY=1; shift ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+
+run() {
+  if [ "$DRY" = 1 ]; then echo "+ $*"; else "$@"; fi
+}
+
+if [ "$DRY" = 0 ] && [ "$(id -u)" -ne 0 ]; then
+  echo "run as root (sudo $0), or with --dry-run to see the steps" >&2
+  exit 1
+fi
+
+# 1. the service user; on a Jetson the GPU device nodes belong to the video group
+if ! id -u "$USER_NAME" >/dev/null 2>&1; then
+  run useradd --system --home-dir /var/lib/colposcopy-gateway --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
+fi
+if getent group video >/dev/null; then
+  run usermod -a -G video "$USER_NAME"
+fi
+
+# 2. the venv; --system-site-packages lets JetPack's TensorRT (a system package) be imported
+run install -d -m 0755 "$PREFIX" "$PREFIX/engines"
+if [ ! -x "$PREFIX/venv/bin/python" ]; then
+  run python3 -m venv --system-site-packages "$PREFIX/venv"
+fi
+if [ -d /usr/local/cuda/bin ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"  # nvcc and CUDA headers for pycuda's build
+fi
+run "$PREFIX/venv/bin/pip" install --quiet --upgrade pip
+run "$PREFIX/venv/bin/pip" install --quiet "$PWD[$EXTRAS]"
+run cp -r engines/. "$PREFIX/engines/"
+run install -m 0644 README.md "$PREFIX/README.md"
+
+# 3. config (kept when present) and the broker-password credential (LoadCredential= needs the file to exist)
+run install -d -m 0755 "$ETC"
+if [ ! -e "$ETC/gateway.yaml" ]; then
+  if [ "$DRY" = 1 ]; then
+    echo "+ install config/gateway.yaml -> $ETC/gateway.yaml (models.manifest: $PREFIX/engines/manifest.yaml)"
+  else
+    sed "s#^  manifest: null#  manifest: $PREFIX/engines/manifest.yaml#" config/gateway.yaml >"$ETC/gateway.yaml"
+    chmod 0644 "$ETC/gateway.yaml"
+  fi
+fi
+if [ ! -e "$ETC/mqtt-password" ]; then
+  run install -m 0600 /dev/null "$ETC/mqtt-password"
+fi
+run "$PREFIX/venv/bin/colpo-gateway" config validate "$ETC/gateway.yaml"
+
+# 4. the unit
+run install -m 0644 systemd/colposcopy-gateway.service "$UNIT"
+run systemctl daemon-reload
+if [ "$START" = 1 ]; then
+  run systemctl enable --now colposcopy-gateway
+fi
+
+cat <<EOF
+Installed. Next:
+  edit $ETC/gateway.yaml (broker.url, gateway_id; broker.username with the password in $ETC/mqtt-password)
+  sudo systemctl restart colposcopy-gateway && systemctl status colposcopy-gateway
+  check it as the service sees things:
+    sudo systemd-run --pipe --wait -p User=$USER_NAME -p CacheDirectory=colposcopy-gateway \\
+      -p StateDirectory=colposcopy-gateway -p LoadCredential=mqtt-password:$ETC/mqtt-password \\
+      $PREFIX/venv/bin/colpo-gateway doctor --config $ETC/gateway.yaml
+EOF

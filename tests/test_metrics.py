@@ -1,0 +1,137 @@
+"""Prometheus metrics, /healthz and /readyz, scraped over HTTP while photos flow through a real Mosquitto."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import GatewayConfig, MetricsConfig, parse_config
+from gateway.judge import build_judge
+from gateway.metrics import Metrics
+from gateway.scenes import SceneSpec, encode_jpeg, render
+from gateway.service import GatewayService
+from tests.conftest import free_port, make_recorder, start_mosquitto
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    status, text = get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def wait_status(url: str, expected: int, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = get(url)
+        if status == expected or time.monotonic() > deadline:
+            assert status == expected, body
+            return body
+        time.sleep(0.1)
+
+
+def config_for(port: int, tmp_path: Path) -> GatewayConfig:
+    return parse_config(
+        "",
+        "<test>",
+        {
+            "gateway_id": "gw-metrics",
+            "backend": "classical",
+            "broker": {"url": f"mqtt://127.0.0.1:{port}"},
+            "store": {"path": str(tmp_path / "verdicts.sqlite3")},
+            "metrics": {"port": 0},
+        },
+    )
+
+
+def props(image_id: str) -> Properties:
+    p = Properties(PacketTypes.PUBLISH)
+    p.UserProperty = [("image-id", image_id)]
+    return p
+
+
+def test_metrics_count_photos_and_verdicts_and_readyz_follows_the_broker(tmp_path: Path) -> None:
+    port = free_port()
+    config = config_for(port, tmp_path)
+    service = GatewayService(config, build_judge(config))
+    service.start()
+    broker = None
+    try:
+        assert service.metrics_port
+        base = f"http://127.0.0.1:{service.metrics_port}"
+        assert get(f"{base}/healthz") == (200, "alive\n")
+        assert "not connected" in wait_status(f"{base}/readyz", 503)  # no broker yet
+        assert samples(service.metrics_port)[("colpo_gateway_broker_connected", frozenset())] == 0
+
+        broker = start_mosquitto(tmp_path / "broker", port=port)
+        wait_status(f"{base}/readyz", 200, timeout=30)
+        recorder = make_recorder(broker, ["colposcopy/#"])
+        sharp = encode_jpeg(render(SceneSpec(width=1600, height=1200, seed=1)).image)
+        blurred = encode_jpeg(render(SceneSpec(width=1600, height=1200, blur="defocus", blur_px=9, seed=2)).image)
+        for image_id, photo in (("a", sharp), ("b", blurred), ("c", sharp)):
+            recorder.publish("colposcopy/s/d/images", photo, props(image_id))
+        assert len(recorder.wait_for(3, "colposcopy/s/d/verdicts")) == 3
+        recorder.client.disconnect()
+        recorder.client.loop_stop()
+
+        got = samples(service.metrics_port)
+
+        def value(name: str, **labels: str) -> float:
+            return got[(name, frozenset(labels.items()))]
+
+        assert value("colpo_gateway_photos_received_total") == 3
+        assert value("colpo_gateway_verdicts_total", outcome="accept") == 2
+        assert value("colpo_gateway_verdicts_total", outcome="recapture") == 1
+        assert value("colpo_gateway_verdict_reasons_total", outcome="recapture", reason="out_of_focus") == 1
+        for stage in ("queue", "decode", "inference", "total"):
+            assert value(f"colpo_gateway_{stage}_seconds_count") == 3
+            assert value(f"colpo_gateway_{stage}_seconds_sum") > 0
+        assert value("colpo_gateway_batch_size_count") == 3 and value("colpo_gateway_batch_size_sum") == 3
+        assert value("colpo_gateway_backend_info", backend="classical", state="online") == 1
+        assert value("colpo_gateway_broker_connected") == 1
+        assert value("colpo_gateway_queue_depth") == 0
+
+        broker.stop()
+        assert "not connected" in wait_status(f"{base}/readyz", 503)
+        assert get(f"{base}/healthz")[0] == 200
+        assert get(f"{base}/nothing")[0] == 404
+    finally:
+        service.stop()
+        if broker is not None:
+            broker.stop()
+
+
+def test_each_service_has_its_own_registry_and_a_taken_port_is_not_fatal() -> None:
+    first = Metrics(MetricsConfig(port=0), lambda: None, lambda: 0, lambda: True)
+    first.serve()
+    assert first.port
+    try:
+        second = Metrics(MetricsConfig(port=first.port), lambda: "no", lambda: 0, lambda: False)
+        second.serve()  # the port is taken: logged, and the gateway runs on without the endpoint
+        assert second.port is None
+        first.photo_received()
+        assert get(f"http://127.0.0.1:{first.port}/readyz") == (200, "ready\n")
+        assert second.registry.get_sample_value("colpo_gateway_photos_received_total") == 0
+        assert first.registry.get_sample_value("colpo_gateway_photos_received_total") == 1
+    finally:
+        first.close()
+    disabled = Metrics(MetricsConfig(enabled=False), lambda: None, lambda: 0, lambda: True)
+    disabled.serve()
+    assert disabled.port is None
