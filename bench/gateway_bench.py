@@ -265,11 +265,13 @@ def main() -> None:
         )
         (work / "gateway.yaml").write_text(yaml)
         config = parse_config(yaml, "bench")
+        processes: list[subprocess.Popen[bytes]] = []
         try:
             off = offline(config, photos, rounds=2)
             print(f"offline: {off}", flush=True)
             ours, naive = [], []
             gateway = start([sys.executable, "-m", "gateway", "run", "--config", str(work / "gateway.yaml")])
+            processes.append(gateway)
             wait_online(broker.url, "colposcopy/gateways/bench/status", lambda p: b'"online"' in p)
             load(broker.url, photos, 1, 2)  # warm-up
             for devices in DEVICE_COUNTS:
@@ -286,6 +288,7 @@ def main() -> None:
             stop(gateway)
             naive_cmd = [sys.executable, str(REPO / "bench" / "naive_gateway.py"), "--broker", broker.url]
             baseline = start([*naive_cmd, "--config", str(work / "gateway.yaml")], subprocess.PIPE)
+            processes.append(baseline)
             assert baseline.stdout is not None
             while baseline.stdout.readline().strip() != b"subscribed":  # its log lines come first
                 if baseline.poll() is not None:
@@ -297,6 +300,9 @@ def main() -> None:
                 print(f"naive: {naive[-1]}", flush=True)
             stop(baseline)
         finally:
+            for process in processes:
+                if process.poll() is None:
+                    stop(process)
             broker.stop()
     text = report(where, off, ours, naive, (start_mb, end_mb, peak_mb), args.soak_s)
     args.out.write_text(text)
