@@ -1,4 +1,5 @@
-"""Accuracy and speed of the classical backend on the dev photos (../shared/data/cervix-dev) and on synthetic cases.
+"""Accuracy and speed of a backend (default: what `backend: auto` picks) on the dev photos (../shared/data/cervix-dev)
+and on synthetic cases.
 
 Prints:
 
@@ -15,7 +16,8 @@ Prints:
    rate with and without a cervix, and focus under defocus, motion and cervix-only defocus.
 6. Time per photo (locate + judge + exposure), mean and p95, at 800x600 and at 1024x768.
 
-Usage: ``python bench/dev_photos_accuracy.py [--data DIR] [--negatives DIR]``
+Usage: ``python bench/dev_photos_accuracy.py [--data DIR] [--negatives DIR] [--backend auto|classical|onnxruntime]``
+(default ``auto``: the models of engines/manifest.yaml through ONNX Runtime when they are there).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import scenes
 from gateway.assessment import Box
+from gateway.backends.base import Detector, FocusJudge
 from gateway.backends.classical import ClassicalConfig, ClassicalDetector, ClassicalFocus
 from gateway.exposure import ExposureConfig, check_exposure
 
@@ -107,12 +110,20 @@ def iou(a: Box, b: Box) -> float:
 
 
 class Assessor:
-    """The classical backend as the pipeline runs it."""
+    """A backend as the pipeline runs it: classical, or what ``backend:`` picks (``auto``: the manifest's models)."""
 
-    def __init__(self) -> None:
-        config = ClassicalConfig()
-        self.detector = ClassicalDetector(config)
-        self.focus = ClassicalFocus(config)
+    def __init__(self, backend: str = "classical") -> None:
+        self.name = "classical"
+        if backend == "classical":
+            config = ClassicalConfig()
+            self.detector: Detector = ClassicalDetector(config)
+            self.focus: FocusJudge = ClassicalFocus(config)
+        else:
+            from gateway.backends.select import select_backend
+            from gateway.config import load_config
+
+            chosen = select_backend(load_config(None, {"backend": backend})).current
+            self.detector, self.focus, self.name = chosen.detector, chosen.focus, chosen.name
         self.exposure = ExposureConfig()
 
     def sharp(self, image: Image) -> bool:
@@ -353,7 +364,7 @@ def localisation_table(assessor: Assessor, photos: list[Photo]) -> None:
         for crop, truth in corner_crops(p):
             f = assessor.detector.locate(crop)
             crops.append((iou(f.box, truth) if f.box else 0.0, iou(central, truth)))
-    print(f"{'stage':8s} {'n':>4s}  {'classical':30s} {'central box 10% margins':30s} found")
+    print(f"{'stage':8s} {'n':>4s}  {assessor.name:30s} {'central box 10% margins':30s} found")
     for group in sorted(rows, key=lambda g: (g == "all", g)):
         r = rows[group]
         ours = sum(v[0] >= 0.5 for v in r)
@@ -432,12 +443,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the cervix-dev folder")
     parser.add_argument("--negatives", type=Path, help="a folder of everyday photos without a cervix")
+    parser.add_argument(
+        "--backend", choices=["auto", "classical", "onnxruntime"], default="auto", help="as the config's backend:"
+    )
     args = parser.parse_args(argv)
     if not (args.data / "labels.csv").exists():
         raise SystemExit(f"no labels.csv in {args.data}")
     photos = load_photos(args.data)
-    assessor = Assessor()
-    print(f"# Classical backend on {len(photos)} dev photos ({len({p.case for p in photos})} patients)")
+    assessor = Assessor(args.backend)
+    print(f"# {assessor.name} backend on {len(photos)} dev photos ({len({p.case for p in photos})} patients)")
+    if assessor.name != "classical":
+        print("(the learned models were trained on 25 of these patients; `colpo-gateway evaluate`: held-out numbers)")
     print(
         "stage groups: saline, acetic (acetic acid, any view), green (green filter), lugol, other "
         "(speculum, SCJ, endocervical views)"

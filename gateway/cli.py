@@ -148,10 +148,41 @@ def cmd_engines_quantize(args: argparse.Namespace) -> int:
     return quantize(_models_config(args), args.model, args.force)
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
-    from gateway.doctor import run_doctor
+def cmd_train(args: argparse.Namespace) -> int:
+    configure_logging(load_config(None).logging)
+    try:
+        from gateway.training.train import TrainOptions, run
+    except ImportError as exc:
+        print(f"training needs the train extra ({exc}): pip install 'colposcopy-gateway[train]'", file=sys.stderr)
+        return 1
+    return run(TrainOptions(data=args.data, out=args.out, seed=args.seed))
 
-    return run_doctor(_config(args))
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.training.evaluate import evaluate, roc_png
+
+    config = load_config(args.config)
+    configure_logging(config.logging)
+    manifest = args.manifest or config.models.manifest_path()
+    report = evaluate(args.data, manifest, seed=args.seed, all_patients=args.all)
+    print(report.table())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    if args.roc:
+        roc_png(report, args.roc)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import invalid_config, run_doctor
+
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        return invalid_config(args.config, exc.problems)
+    return run_doctor(config, source=args.config)
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
@@ -225,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--max-batch", type=int, help="largest batch of the optimization profile")
             command.add_argument("--workspace-mb", type=int, help="builder workspace limit")
             command.add_argument("--gpu", type=int, help="CUDA device index")
+
+    train = sub.add_parser("train", help="train the cervix detector and focus classifier (needs the train extra)")
+    train.add_argument("--data", type=Path, required=True, help="photos with labels.csv (e.g. cervix-dev)")
+    train.add_argument("--out", type=Path, default=Path("engines"), help="where the ONNX files and manifest go")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="accuracy of the manifest's models on labelled photos, with a baseline")
+    ev.add_argument("--data", type=Path, required=True, help="photos with labels.csv")
+    ev.add_argument("--config", type=Path, help="YAML config (its models.manifest)")
+    ev.add_argument("--manifest", type=Path, help="model manifest (overrides models.manifest)")
+    ev.add_argument("--seed", type=int, default=0, help="the training seed: it gives the patient split")
+    ev.add_argument("--all", action="store_true", help="every photo (a folder never trained on), not the split")
+    ev.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
+    ev.add_argument("--roc", type=Path, metavar="PNG", help="draw the ROC curves")
+    ev.set_defaults(func=cmd_evaluate)
 
     doctor = sub.add_parser("doctor", help="which backends can run here, cached engines, broker reachability")
     doctor.add_argument("--config", type=Path)

@@ -186,7 +186,9 @@ def test_engines_build_names_manifest_problems(tmp_path: Path, manifest_path: Pa
     assert result.returncode == 1 and "cervix-detector: detector.onnx has sha256" in result.stderr
     unknown = cli("engines", "build", "--manifest", str(REPO / "engines" / "manifest.yaml"), "--model", "nope")
     assert unknown.returncode == 1 and "no model named nope" in unknown.stderr
-    empty = cli("engines", "build", "--manifest", str(REPO / "engines" / "manifest.yaml"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "manifest.yaml").write_text("schema: colposcopy-gateway/models/1\nmodels: []\n")
+    empty = cli("engines", "build", "--manifest", str(tmp_path / "empty" / "manifest.yaml"))
     assert empty.returncode == 0 and "lists no models: nothing to build" in empty.stdout
 
 

@@ -93,10 +93,17 @@ def test_classical_when_configured(manifest: Path, tmp_path: Path) -> None:
     assert (slot.current.name, slot.state, slot.reason) == ("classical", "online", "backend: classical in the config")
 
 
-def test_the_default_config_and_the_repository_manifest_give_classical() -> None:
+def test_the_default_config_and_the_repository_manifest_give_onnxruntime() -> None:
+    """The trained models of engines/ run through ONNX Runtime by default where TensorRT cannot."""
+    from gateway.backends.settings import ModelsConfig
+    from gateway.engines.provider import TensorRTEngines
+
+    if TensorRTEngines(ModelsConfig()).probe()[0] is not None:
+        pytest.skip("TensorRT is usable here: auto builds engines (tests/test_tensorrt.py)")
     slot = select_backend(parse_config(""))
-    assert (slot.current.name, slot.state) == ("classical", "online")
-    assert slot.reason.endswith("manifest.yaml lists no models: classical")
+    assert (slot.current.name, slot.state) == ("onnxruntime", "online")
+    assert set(slot.current.models) == {"cervix-detector", "focus-classifier"}
+    assert slot.reason.endswith(": ONNX Runtime")
 
 
 @pytest.mark.parametrize(("backend", "state"), [("auto", "online"), ("onnxruntime", "degraded")])

@@ -32,7 +32,9 @@ def blurred_jpeg() -> bytes:
 
 
 def gateway_config(broker: Broker, **sections: Any) -> GatewayConfig:
-    return parse_config("", "<test>", {"gateway_id": "gw-test", "broker": {"url": broker.url}, **sections})
+    """The service's MQTT behaviour on the classical backend (the models' own tests are elsewhere)."""
+    settings = {"gateway_id": "gw-test", "backend": "classical", "broker": {"url": broker.url}, **sections}
+    return parse_config("", "<test>", settings)
 
 
 def start_gateway(config: GatewayConfig) -> GatewayService:

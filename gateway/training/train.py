@@ -1,0 +1,581 @@
+"""``colpo-gateway train``: the cervix detector and the focus classifier, exported to ONNX with manifest and card.
+
+Steps (deterministic for a seed; about 10-15 minutes on two CPU cores):
+
+1. split the patients (``dataset.patient_split``);
+2. focus samples: each sharp photo of the training patients (and 30 synthetic scenes), rescaled (0.45..1:
+   smaller cervices, as wider device photos give), degraded by the degradation model (half sharp, half defocus /
+   motion / cervix-only blur), cropped at its labelled box with jitter (as a detector's box would be) and
+   resized to the input;
+   frozen-backbone features are computed once with ONNX Runtime, then the small head trains on them;
+3. detector samples: every photo of the training patients (any focus), flipped, zoomed out into a synthetic
+   wall view or cropped, brightness-jittered and degraded, plus synthetic colposcope scenes and images without a
+   cervix; backbone C4/C5 are cached, then the FPN and RetinaNet head train with focal loss;
+4. export both to ONNX, check them against torch, choose the operating thresholds on the validation patients
+   (focus: the sharp probability that keeps 97.5 % of a synthetic calibration draw of their sharp photos sharp;
+   detector: Youden's J, the middle of the best range, on their photos against validation images without a
+   cervix), evaluate, write
+   ``manifest.yaml`` and ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import structlog
+import torch
+import yaml
+
+from gateway.engines.progress import BuildProgress
+from gateway.models.manifest import InputSpec, load_manifest
+from gateway.models.preprocess import crop, preprocess
+from gateway.models.retinanet import generate_anchors
+from gateway.training import dataset, degradations, export, model
+from gateway.training.dataset import Photo, box_pixels
+
+log = structlog.get_logger(__name__)
+
+VERSION = "1.0.0"
+DETECTOR_NAME, FOCUS_NAME = "cervix-detector", "focus-classifier"
+DETECTOR_SIZE, FOCUS_SIZE = 320, 384
+CROP_MARGIN = 0.1
+FOCUS_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
+
+
+def focus_input() -> InputSpec:
+    return InputSpec(
+        name="crops", shape=(-1, 3, FOCUS_SIZE, FOCUS_SIZE), mean=model.MEAN, std=model.STD, resize="stretch"
+    )
+
+
+def detector_input() -> InputSpec:
+    return InputSpec(
+        name="images", shape=(-1, 3, DETECTOR_SIZE, DETECTOR_SIZE), mean=model.MEAN, std=model.STD, resize="letterbox"
+    )
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    data: Path
+    out: Path
+    seed: int = 0
+    focus_variants: int = 24
+    """Focus samples per sharp training photo."""
+    detector_variants: int = 12
+    """Detector samples per training photo."""
+    focus_epochs: int = 400
+    detector_epochs: int = 20
+    focus_specificity: float = 0.975
+    """The focus threshold keeps this share of the validation patients' sharp calibration draws sharp."""
+
+
+# ------------------------------------------------------------------------------------------ samples
+
+
+def rescale(image: np.ndarray, factor: float) -> np.ndarray:
+    if abs(factor - 1.0) < 1e-3:
+        return image
+    h, w = image.shape[:2]
+    size = (max(32, round(w * factor)), max(32, round(h * factor)))
+    out: np.ndarray = cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return out
+
+
+def jitter_box(box: tuple[float, float, float, float], rng: np.random.Generator, amount: float = 0.05) -> Any:
+    """A labelled box moved as a detector's would be: each edge by N(0, amount) of the box size, clipped."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    d = rng.normal(0.0, amount, 4)
+    out = (x0 + d[0] * w, y0 + d[1] * h, x1 + d[2] * w, y1 + d[3] * h)
+    x0, x1 = sorted((min(max(out[0], 0.0), 1.0), min(max(out[2], 0.0), 1.0)))
+    y0, y1 = sorted((min(max(out[1], 0.0), 1.0), min(max(out[3], 0.0), 1.0)))
+    if x1 - x0 < 0.05 or y1 - y0 < 0.05:
+        return box
+    return (x0, y0, x1, y1)
+
+
+def focus_sample(
+    image: np.ndarray, box: Any, kind: degradations.Kind, rng: np.random.Generator, spec: InputSpec, scale: bool = True
+) -> np.ndarray:
+    """One focus training tensor ``[1, 3, S, S]`` from a sharp photo and its normalised cervix box."""
+    if scale:
+        image = rescale(image, float(np.exp(rng.uniform(np.log(0.45), 0.0))))
+    if rng.random() < 0.5:
+        image = image[:, ::-1].copy()
+        box = (1.0 - box[2], box[1], 1.0 - box[0], box[3])
+    d = degradations.sample(kind, rng)
+    degraded = degradations.degrade(image, box_pixels(box, image), d, rng)
+    tensor, _ = preprocess(crop(degraded, jitter_box(box, rng), CROP_MARGIN), spec)
+    return tensor
+
+
+def _feather_paste(background: np.ndarray, image: np.ndarray, x: int, y: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    inside = np.zeros((h, w), np.float32)
+    edge = max(2, round(0.06 * min(h, w)))
+    inside[edge:-edge, edge:-edge] = 1.0
+    alpha = cv2.GaussianBlur(inside, (0, 0), edge / 2)[:, :, None]
+    out = background.astype(np.float32)
+    region = out[y : y + h, x : x + w]
+    out[y : y + h, x : x + w] = region * (1 - alpha) + image.astype(np.float32) * alpha
+    pasted: np.ndarray = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return pasted
+
+
+def detector_sample(
+    image: np.ndarray, box: Any, rng: np.random.Generator, walls: list[np.ndarray]
+) -> tuple[np.ndarray, Any]:
+    """An augmented photo and its normalised box (None without a cervix)."""
+    h, w = image.shape[:2]
+    if rng.random() < 0.5:
+        image = image[:, ::-1].copy()
+        box = None if box is None else (1.0 - box[2], box[1], 1.0 - box[0], box[3])
+    roll = rng.random()
+    if roll < 0.35:  # zoomed out: the photo inside a wider (synthetic) view of walls and speculum
+        z = float(rng.uniform(0.4, 0.85))
+        small = rescale(image, z)
+        sh, sw = small.shape[:2]
+        wall = cv2.resize(walls[int(rng.integers(len(walls)))], (w, h), interpolation=cv2.INTER_AREA)
+        x, y = int(rng.integers(0, w - sw + 1)), int(rng.integers(0, h - sh + 1))
+        image = _feather_paste(wall, small, x, y)
+        if box is not None:
+            box = ((x + box[0] * sw) / w, (y + box[1] * sh) / h, (x + box[2] * sw) / w, (y + box[3] * sh) / h)
+    elif roll < 0.65:  # cropped: a closer view, the cervix possibly cut by the frame
+        for _ in range(8):
+            fw, fh = rng.uniform(0.6, 1.0, 2)
+            cx0, cy0 = rng.uniform(0, 1 - fw), rng.uniform(0, 1 - fh)
+            if box is None:
+                new = None
+                break
+            nb = (
+                min(max((box[0] - cx0) / fw, 0), 1),
+                min(max((box[1] - cy0) / fh, 0), 1),
+                min(max((box[2] - cx0) / fw, 0), 1),
+                min(max((box[3] - cy0) / fh, 0), 1),
+            )
+            kept = (nb[2] - nb[0]) * fw * (nb[3] - nb[1]) * fh / max(1e-6, (box[2] - box[0]) * (box[3] - box[1]))
+            if kept >= 0.6:
+                new = nb
+                break
+        else:
+            cx0 = cy0 = 0.0
+            fw = fh = 1.0
+            new = box
+        image = image[round(cy0 * h) : round((cy0 + fh) * h), round(cx0 * w) : round((cx0 + fw) * w)]
+        box = new
+    gain = float(rng.uniform(0.65, 1.35))
+    image = np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    kind = degradations.KINDS[int(rng.choice(4, p=[0.5, 0.2, 0.15, 0.15]))]
+    pixel_box = box_pixels(box, image) if box is not None else (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
+    image = degradations.degrade(image, pixel_box, degradations.sample(kind, rng), rng)
+    return image, box
+
+
+# ------------------------------------------------------------------------------------------ features
+
+
+class _Extractor:
+    """Frozen-backbone outputs through ONNX Runtime (several times faster than torch on the CPU)."""
+
+    def __init__(self, module: torch.nn.Module, spec: InputSpec, outputs: list[str], folder: Path) -> None:
+        self.path = export.export_onnx(module, folder / f"{outputs[0]}.onnx", spec, outputs)
+        self.session = export.session(self.path)
+        self.spec = spec
+
+    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        out: list[np.ndarray] = self.session.run(None, {self.spec.name: np.concatenate(batch)})
+        return out
+
+
+def _batched(
+    make: Callable[[int], np.ndarray], count: int, extractor: _Extractor, progress: BuildProgress, phase: str
+) -> list[np.ndarray]:
+    parts: list[list[np.ndarray]] = []
+    progress.phase_start(phase, None, count)
+    batch: list[np.ndarray] = []
+    for i in range(count):
+        batch.append(make(i))
+        if len(batch) == 16 or i == count - 1:
+            parts.append(extractor(batch))
+            batch = []
+        progress.step_complete(phase, i)
+    progress.phase_finish(phase)
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+# ------------------------------------------------------------------------------------------ focus
+
+
+def focus_features(
+    photos: list[Photo],
+    options: TrainOptions,
+    extractor: _Extractor,
+    progress: BuildProgress,
+    seed: int,
+    scale: bool,
+    scenes: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``[M, F]`` and labels ``[M]`` (1 = sharp) of ``focus_variants`` draws per sharp photo, and per
+    synthetic scene of ``gateway.scenes`` (``scenes`` of them, training seeds: the look of the demo's photos)."""
+    sources: list[tuple[Photo | np.ndarray, Any]] = [
+        (p, p.box) for p in photos if p.focus == "sharp" and p.box is not None
+    ]
+    for i in range(scenes):
+        s = dataset.scene(dataset.TRAIN_SCENE_SEEDS + 3000 + i, cervix=True, stage_index=i)
+        sources.append((s.image, s.cervix_box))
+    n = options.focus_variants
+    labels = np.array([FOCUS_KINDS[i % n % len(FOCUS_KINDS)] == "sharp" for i in range(len(sources) * n)], np.float32)
+
+    def make(i: int) -> np.ndarray:
+        (source, box), v = sources[i // n], i % n
+        rng = np.random.default_rng([seed, i])
+        image = source.image if isinstance(source, Photo) else source
+        return focus_sample(image, box, FOCUS_KINDS[v % len(FOCUS_KINDS)], rng, extractor.spec, scale)
+
+    (features,) = _batched(make, len(sources) * n, extractor, progress, "focus features")
+    return features, labels
+
+
+def train_focus_head(features: np.ndarray, labels: np.ndarray, options: TrainOptions) -> model.FocusHead:
+    torch.manual_seed(options.seed)
+    x, y = torch.from_numpy(features), torch.from_numpy(labels).long()
+    head = model.FocusHead()
+    head.set_standardisation(x)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=0.1)
+    generator = torch.Generator().manual_seed(options.seed)
+    head.train()
+    for _ in range(options.focus_epochs):
+        optimiser.zero_grad()
+        # feature noise (0.5 sd) and label smoothing: synthetic blur is easy, so keep the head from saturating
+        noisy = x + 0.5 * head.sd * torch.randn(x.shape, generator=generator)
+        loss = torch.nn.functional.cross_entropy(head(noisy), y, label_smoothing=0.1)
+        loss.backward()
+        optimiser.step()
+    head.eval()
+    log.info("focus_head_trained", loss=round(loss.item(), 4), samples=len(y))
+    return head
+
+
+def sharp_probability(head: model.FocusHead, features: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        p = torch.softmax(head(torch.from_numpy(features)), dim=1)[:, 1]
+    return np.asarray(p.numpy(), dtype=np.float64)
+
+
+def youden_threshold(sharp_scores: np.ndarray, blurred_scores: np.ndarray) -> float:
+    """The threshold (on a 0..1 score, high = the "sharp_scores" class) maximising sensitivity + specificity:
+    the middle of the range of cuts that reach the maximum (robust when the classes separate)."""
+    values = np.unique(np.concatenate([sharp_scores, blurred_scores]))
+    cuts = np.concatenate([[values[0] / 2], (values[:-1] + values[1:]) / 2, [(values[-1] + 1) / 2]])
+    j = np.array([np.mean(blurred_scores < t) + np.mean(sharp_scores >= t) for t in cuts])
+    best = cuts[j >= j.max() - 1e-12]
+    return float(min(max((best.min() + best.max()) / 2, 0.01), 0.99))
+
+
+# ------------------------------------------------------------------------------------------ detector
+
+
+def detector_data(
+    photos: list[Photo], options: TrainOptions, extractor: _Extractor, progress: BuildProgress
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Cached C4/C5 (float16), anchor labels ``[M, A]`` and regression targets ``[M, A, 4]``."""
+    spec = extractor.spec
+    anchors = generate_anchors(model.DETECTOR_ANCHORS, spec.height, spec.width).boxes
+    walls = [dataset.scene(dataset.TRAIN_SCENE_SEEDS + 2 * i, cervix=False).image for i in range(8)]
+    negatives = dataset.negatives(validation=False)
+    items: list[tuple[Photo | np.ndarray, Any]] = []
+    for p in photos:
+        if p.box is not None:
+            items += [(p, p.box)] * options.detector_variants
+    for i in range(60):  # synthetic colposcope scenes: wider views, a smaller cervix
+        s = dataset.scene(dataset.TRAIN_SCENE_SEEDS + 1000 + i, cervix=True, stage_index=i)
+        items.append((s.image, s.cervix_box))
+    for _, image in negatives:
+        items += [(image, None)] * 3
+    labels = np.zeros((len(items), len(anchors)), np.float32)
+    targets = np.zeros((len(items), len(anchors), 4), np.float32)
+
+    def make(i: int) -> np.ndarray:
+        source, box = items[i]
+        rng = np.random.default_rng([options.seed, 7, i])
+        pixels = source.image if isinstance(source, Photo) else source
+        image, box = detector_sample(pixels, box, rng, walls)
+        tensor, geometry = preprocess(image, spec)
+        pixel = None
+        if box is not None:
+            h, w = image.shape[:2]
+            sx, sy = geometry.scale_x * w, geometry.scale_y * h
+            pixel = np.array([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], np.float64)
+        labels[i], targets[i] = model.match(anchors.astype(np.float64), pixel)
+        return tensor
+
+    c4, c5 = _batched(make, len(items), extractor, progress, "detector features")
+    return [c4.astype(np.float16), c5.astype(np.float16)], labels, targets
+
+
+def train_detector_head(
+    cached: list[np.ndarray], labels: np.ndarray, targets: np.ndarray, options: TrainOptions, progress: BuildProgress
+) -> model.DetectorHead:
+    torch.manual_seed(options.seed)
+    head = model.DetectorHead(DETECTOR_SIZE)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
+    steps_per_epoch = math.ceil(len(labels) / 32)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=2e-3, total_steps=options.detector_epochs * steps_per_epoch
+    )
+    order_rng = np.random.default_rng(options.seed)
+    progress.phase_start("detector head", None, options.detector_epochs)
+    head.train()
+    for epoch in range(options.detector_epochs):
+        total = 0.0
+        for idx in np.array_split(order_rng.permutation(len(labels)), steps_per_epoch):
+            c4 = torch.from_numpy(cached[0][idx].astype(np.float32))
+            c5 = torch.from_numpy(cached[1][idx].astype(np.float32))
+            lab, tgt = torch.from_numpy(labels[idx]), torch.from_numpy(targets[idx])
+            cls, reg = head(c4, c5)
+            positive = lab > 0
+            n = max(1.0, float(positive.sum()))
+            loss = (model.focal_loss(cls[..., 0], lab) + (reg[positive] - tgt[positive]).abs().sum()) / n
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            total += float(loss) * len(idx)
+        log.info("detector_epoch", epoch=epoch + 1, loss=round(total / len(labels), 4))
+        progress.step_complete("detector head", epoch)
+    progress.phase_finish("detector head")
+    head.eval()
+    return head
+
+
+def detector_scores(path: Path, spec: InputSpec, images: list[np.ndarray]) -> np.ndarray:
+    """The best cervix score per image (the sigmoid of the largest logit: the top detection's score)."""
+    sess = export.session(path)
+    scores = []
+    for image in images:
+        tensor, _ = preprocess(image, spec)
+        logits = sess.run(["cls_logits"], {spec.name: tensor})[0]
+        scores.append(1.0 / (1.0 + math.exp(-float(logits.max()))))
+    return np.asarray(scores)
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def _card(summary: str, data: str, split: str, metrics: dict[str, float], limitations: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "data": data,
+        "split": split,
+        "metrics": {k: round(float(v), 4) for k, v in metrics.items() if v == v},
+        "intended_use": "quality gate before automated cervical screening: is the cervix in view and in focus; "
+        "not a diagnosis",
+        "limitations": limitations,
+    }
+
+
+MANIFEST_HEADER = """\
+# The model manifest: every learned model the gateway may run, what its tensors are and what they mean.
+# Written by `colpo-gateway train` (gateway/training/train.py); see MODEL_CARD.md beside it for the models' card.
+# Validated at start (schema, then each ONNX file's sha256, then the loaded model's tensors against the spec);
+# `colpo-gateway doctor` names every problem. The contract is documented in gateway/models/manifest.py.
+"""
+
+
+MANIFEST_EXAMPLE = """\
+# An entry, annotated (the entries above are what `colpo-gateway train` wrote):
+#
+# - name: cervix-detector              # [a-z0-9._-]; also names the TensorRT plan in the engine cache
+#   version: "1.0.0"
+#   task: cervix_detector              # cervix_detector | focus_retinanet | focus_classifier
+#   onnx: cervix-detector-1.0.0.onnx
+#   sha256: "0000000000000000000000000000000000000000000000000000000000000000"  # of the ONNX file
+#   input:
+#     name: images
+#     shape: [-1, 3, 320, 320]         # NCHW; -1: dynamic batch (TensorRT profile 1..models.max_batch)
+#     colour: rgb                      # rgb | bgr: channel order the model was trained on
+#     scale: 255.0                     # pixels / scale, then (x - mean) / std
+#     mean: [0.485, 0.456, 0.406]
+#     std: [0.229, 0.224, 0.225]
+#     resize: letterbox                # letterbox (keep aspect, pad right/bottom with pad_value) | stretch
+#   outputs:                           # RetinaNet: cls_logits [N, A, C] (sigmoid), bbox_regression [N, A, 4]
+#     - {role: cls_logits, name: cls_logits, shape: [-1, 18900, 1], meaning: per-anchor cervix logit}
+#     - {role: bbox_regression, name: bbox_regression, shape: [-1, 18900, 4], meaning: "dx, dy, dw, dh"}
+#   labels: [cervix]                   # focus_retinanet: [sharp, not_sharp]; focus_classifier: [not_sharp, sharp]
+#   threshold: 0.5                     # operating point (detector: min cervix score; focus: raw p mapped to 0.5)
+#   anchors:                           # torchvision AnchorGenerator / BoxCoder(weights) conventions
+#     strides: [8, 16, 32]
+#     sizes: [32, 64, 128]
+#     aspect_ratios: [0.5, 1.0, 2.0]
+#     scales: [1.0, 1.2599, 1.5874]
+#     box_weights: [1.0, 1.0, 1.0, 1.0]
+#   decode: {score_threshold: 0.05, nms_iou: 0.5, candidates_per_level: 1000, max_detections: 100}
+#   card:
+#     summary: RetinaNet (ResNet-18 FPN) locating the cervix in colposcopy photos
+#     data: what it was trained on (sources, devices, number of photos and patients)
+#     split: how train / validation / test were split (by patient and site)
+#     metrics: {ap50: 0.0, recall_at_threshold: 0.0}
+#     intended_use: quality gate before automated screening; not a diagnosis
+#     limitations: known failure cases
+"""
+
+
+def manifest_text(entries: list[dict[str, Any]]) -> str:
+    """The manifest YAML: header, the entries, and the annotated example (comments)."""
+    document = {"schema": "colposcopy-gateway/models/1", "models": entries}
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=120)
+    return MANIFEST_HEADER + body + MANIFEST_EXAMPLE
+
+
+def run(options: TrainOptions) -> int:
+    from gateway.training import evaluate
+
+    torch.set_num_threads(2)
+    torch.manual_seed(options.seed)
+    started = time.monotonic()
+    progress = BuildProgress("train", interval_s=15.0)
+    photos = dataset.load_photos(options.data)
+    split = dataset.patient_split(photos, options.seed)
+    train_photos = [p for p in photos if p.case in split.train]
+    val_photos = [p for p in photos if p.case in split.validation]
+    log.info("split", train=len(train_photos), validation=len(val_photos), description=split.describe())
+    options.out.mkdir(parents=True, exist_ok=True)
+    fspec, dspec = focus_input(), detector_input()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        focus_features_net = model.FocusFeatures(FOCUS_SIZE)
+        extractor = _Extractor(focus_features_net, fspec, ["features"], Path(tmp))
+        x, y = focus_features(train_photos, options, extractor, progress, options.seed, scale=True, scenes=30)
+        head = train_focus_head(x, y, options)
+        # calibration draw on the validation patients (its own seed; evaluation draws again, with another)
+        calibration = TrainOptions(options.data, options.out, options.seed, focus_variants=12)
+        vx, vy = focus_features(val_photos, calibration, extractor, progress, options.seed + 1000, scale=False)
+        vp = sharp_probability(head, vx)
+        focus_threshold = float(np.clip(np.quantile(vp[vy == 1], 1.0 - options.focus_specificity), 0.01, 0.99))
+        log.info("focus_threshold", threshold=round(focus_threshold, 4))
+
+        det_extractor = _Extractor(model.DetectorFeatures(DETECTOR_SIZE), dspec, ["c4", "c5"], Path(tmp))
+        cached, labels, targets = detector_data(train_photos, options, det_extractor, progress)
+        det_head = train_detector_head(cached, labels, targets, options, progress)
+
+    focus_net = model.FocusNet(focus_features_net, head).eval()
+    detector_net = model.DetectorNet(model.DetectorFeatures(DETECTOR_SIZE), det_head).eval()
+    focus_path = options.out / f"{FOCUS_NAME}-{VERSION}.onnx"
+    detector_path = options.out / f"{DETECTOR_NAME}-{VERSION}.onnx"
+    export.export_onnx(focus_net, focus_path, fspec, ["logits"])
+    export.export_onnx(detector_net, detector_path, dspec, ["cls_logits", "bbox_regression"])
+    parity = max(
+        export.check_parity(focus_net, focus_path, fspec), export.check_parity(detector_net, detector_path, dspec)
+    )
+
+    pos = detector_scores(detector_path, dspec, [p.image for p in val_photos if p.box is not None])
+    neg = detector_scores(detector_path, dspec, [im for _, im in dataset.negatives(validation=True)])
+    detector_threshold = max(0.06, youden_threshold(pos, neg))
+    log.info(
+        "detector_threshold",
+        threshold=round(detector_threshold, 4),
+        lowest_cervix=round(float(pos.min()), 4),
+        highest_no_cervix=round(float(neg.max()), 4),
+    )
+
+    anchors = model.DETECTOR_ANCHORS
+    n_anchors = anchors.count(DETECTOR_SIZE, DETECTOR_SIZE)
+    data_text = (
+        f"IARC Atlas of Colposcopy photos (screening.iarc.fr, via naghim/colposcopy-digital-atlas-dataset; the images "
+        f"belong to IARC/WHO): {len(train_photos)} photos of {len(split.train)} training patients, 800x600; "
+        "plus gateway.scenes synthetic scenes and scikit-image sample photos as images without a cervix"
+    )
+    entries = [
+        export.entry(
+            DETECTOR_NAME,
+            VERSION,
+            "cervix_detector",
+            detector_path,
+            dspec,
+            [
+                {"role": "cls_logits", "name": "cls_logits", "shape": [-1, n_anchors, 1], "meaning": "cervix logit"},
+                {
+                    "role": "bbox_regression",
+                    "name": "bbox_regression",
+                    "shape": [-1, n_anchors, 4],
+                    "meaning": "dx, dy, dw, dh (torchvision BoxCoder, weights 1)",
+                },
+            ],
+            labels=["cervix"],
+            threshold=round(detector_threshold, 4),
+            anchors={
+                "strides": list(anchors.strides),
+                "sizes": list(anchors.sizes),
+                "aspect_ratios": list(anchors.aspect_ratios),
+                "scales": [round(s, 6) for s in anchors.scales],
+                "box_weights": list(anchors.box_weights),
+            },
+            decode={"score_threshold": 0.05, "nms_iou": 0.5, "candidates_per_level": 1000, "max_detections": 10},
+        ),
+        export.entry(
+            FOCUS_NAME,
+            VERSION,
+            "focus_classifier",
+            focus_path,
+            fspec,
+            [{"role": "logits", "name": "logits", "shape": [-1, 2], "meaning": "[not_sharp, sharp] logits (softmax)"}],
+            labels=["not_sharp", "sharp"],
+            threshold=round(focus_threshold, 4),
+            crop_margin=CROP_MARGIN,
+        ),
+    ]
+    manifest_path = options.out / "manifest.yaml"
+    provisional = {"summary": "provisional", "data": data_text, "split": split.describe(), "metrics": {}}
+    for e in entries:
+        e["card"] = provisional
+    manifest_path.write_text(manifest_text(entries))
+
+    report = evaluate.evaluate(options.data, manifest_path, seed=options.seed, progress=progress)
+    entries[0]["card"] = _card(
+        "RetinaNet-style cervix detector: frozen ImageNet EfficientNet-Lite0, small FPN (P4-P6), focal loss",
+        data_text,
+        split.describe(),
+        report.detector_metrics(),
+        "trained on curated atlas close-ups (800x600) and synthetic wider views; boxes labelled roughly by eye",
+    )
+    entries[1]["card"] = _card(
+        "focus classifier on the cervix crop: features pooled from every stage of a frozen ImageNet "
+        "EfficientNet-Lite0, small MLP head (not the paper's focus RetinaNet)",
+        data_text + "; not-sharp examples made by the degradation model (gateway/training/degradations.py)",
+        split.describe(),
+        report.focus_metrics(),
+        "only 14 real blurry photos (validation only); mild softness and low-texture sharp tissue are the hard cases",
+    )
+    manifest_path.write_text(manifest_text(entries))
+    load_manifest(manifest_path)  # the gateway must accept what we wrote
+    sample = [p.image for p in val_photos][:60]
+    timing = {**evaluate.speed(manifest_path, sample), "n": len(sample)}
+    minutes = (time.monotonic() - started) / 60
+    facts = {
+        "seed": options.seed,
+        "minutes": round(minutes, 1),
+        "parity": parity,
+        "focus_threshold": focus_threshold,
+        "detector_threshold": detector_threshold,
+        "focus_ops": export.ops(focus_path),
+        "detector_ops": export.ops(detector_path),
+        "sizes_mb": {p.name: round(p.stat().st_size / 2**20, 2) for p in (focus_path, detector_path)},
+        "split": {"train": list(split.train), "validation": list(split.validation)},
+        "speed": timing,
+    }
+    (options.out / "MODEL_CARD.md").write_text(evaluate.model_card(report, facts))
+    (options.out / "evaluation.json").write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    progress.close()
+    print(report.table(), file=sys.stderr)
+    log.info("trained", minutes=round(minutes, 1), out=str(options.out))
+    return 0

@@ -1,0 +1,286 @@
+"""The pure parts of gateway/training: degradation model, patient split, metrics, and an ONNX export round trip."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.models.retinanet import decode_boxes, generate_anchors
+from gateway.training import degradations as dg
+from gateway.training.dataset import Photo, patient_split
+from gateway.training.evaluate import Confusion, draw_roc, roc_auc, roc_curve, wilson
+
+
+def _texture(seed: int = 0, size: tuple[int, int] = (240, 320)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(30, 200, (size[0] // 4, size[1] // 4, 3)).astype(np.float32)
+    fine = cv2.resize(base, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    return np.clip(fine + rng.normal(0, 20, fine.shape), 0, 255).astype(np.uint8)
+
+
+def _lapvar(image: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
+
+
+# ------------------------------------------------------------------------------------------ degradations
+
+
+@pytest.mark.parametrize("radius", [0.7, 2.0, 5.5])
+def test_disk_kernel_is_normalised_round_and_sized(radius: float) -> None:
+    k = dg.disk_kernel(radius)
+    assert k.shape == (2 * math.ceil(radius) + 1,) * 2
+    assert k.sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(k, k.T, atol=1e-6) and np.allclose(k, k[::-1], atol=1e-6)
+
+
+def test_motion_kernel_follows_its_angle() -> None:
+    horizontal = dg.motion_kernel(9, 0.0)
+    assert horizontal.sum() == pytest.approx(1.0, abs=1e-5)
+    c = horizontal.shape[0] // 2
+    assert horizontal[c].sum() > 0.9  # the energy lies on the middle row
+    vertical = dg.motion_kernel(9, 90.0)
+    assert vertical[:, c].sum() > 0.9
+
+
+@pytest.mark.parametrize("kind", dg.KINDS)
+def test_samples_stay_in_their_ranges_and_are_deterministic(kind: dg.Kind) -> None:
+    draws = [dg.sample(kind, np.random.default_rng(i)) for i in range(50)]
+    lo, hi = dg.BLUR_RANGES[kind]
+    assert all(lo <= d.blur <= hi for d in draws)
+    assert all(dg.NOISE_STD[0] <= d.noise_std <= dg.NOISE_STD[1] for d in draws)
+    assert all(dg.JPEG_QUALITY[0] <= d.jpeg_quality <= dg.JPEG_QUALITY[1] for d in draws)
+    assert all(d.not_sharp == (kind != "sharp") for d in draws)
+    assert dg.sample(kind, np.random.default_rng(7)) == dg.sample(kind, np.random.default_rng(7))
+
+
+def test_blur_lowers_detail_and_sharp_is_untouched() -> None:
+    image = _texture()
+    box = (60.0, 40.0, 260.0, 200.0)
+    sharp = dg.Degradation("sharp", 0.0, 0.0, 0.0, 95, False)
+    assert dg.blur(image, box, sharp) is image
+    for kind in ("defocus", "motion"):
+        d = dg.Degradation(kind, dg.BLUR_RANGES[kind][1], 30.0, 0.0, 95, False)  # type: ignore[arg-type]
+        assert _lapvar(dg.blur(image, box, d)) < 0.3 * _lapvar(image)
+
+
+def test_defocused_highlights_stay_saturated() -> None:
+    image = np.full((64, 64, 3), 60, np.uint8)
+    image[30:34, 30:34] = 255  # a specular glint
+    d = dg.Degradation("defocus", 0.05, 0.0, 0.0, 95, False)
+    out = dg.blur(image, (0.0, 0.0, 64.0, 64.0), d)
+    assert int((out.max(axis=2) >= 250).sum()) > 16  # a larger clipped patch, not a faint smudge
+    plain = cv2.filter2D(image, -1, dg.disk_kernel(3.2))
+    assert int((plain.max(axis=2) >= 250).sum()) < int((out.max(axis=2) >= 250).sum())
+
+
+def test_haze_and_glints_apply_to_any_class() -> None:
+    image = _texture(4)
+    hazy = dg.add_haze(image, 0.2)
+    assert hazy.std() < image.std()
+    glinted = dg.draw_glints(image, np.random.default_rng(0), (50.0, 50.0, 250.0, 200.0))
+    assert int((glinted == 255).all(axis=2).sum()) > 20
+    d = dg.sample("sharp", np.random.default_rng(0))
+    assert 0.0 <= d.haze <= dg.HAZE[1]
+
+
+def test_cervix_only_blur_leaves_the_surroundings_sharp() -> None:
+    image = _texture(1)
+    box = (100.0, 70.0, 220.0, 170.0)
+    d = dg.Degradation("cervix_blur", 0.025, 0.0, 0.0, 95, False)
+    out = dg.blur(image, box, d)
+    inner = (slice(100, 140), slice(140, 180))
+    corner = (slice(0, 40), slice(0, 60))
+    assert np.array_equal(out[corner], image[corner])
+    assert _lapvar(out[inner]) < 0.5 * _lapvar(image[inner])
+    mask = dg.cervix_mask(image.shape[:2], box)
+    assert mask.max() == pytest.approx(1.0, abs=0.02) and mask[0, 0] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_degrade_is_deterministic_and_marks_stay_crisp() -> None:
+    image = np.full((240, 320, 3), 128, np.uint8)
+    box = (40.0, 30.0, 280.0, 210.0)
+    d = dg.Degradation("defocus", 0.02, 0.0, 3.0, 90, True)
+    a = dg.degrade(image, box, d, np.random.default_rng(3))
+    b = dg.degrade(image, box, d, np.random.default_rng(3))
+    assert a.shape == image.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    # marks are drawn after the blur: a flat grey photo gains sharp edges on the blurred version too
+    marked = dg.draw_marks(cv2.GaussianBlur(image, (0, 0), 3), np.random.default_rng(0), box)
+    for seed in range(1, 6):
+        marked = dg.draw_marks(marked, np.random.default_rng(seed), box)
+    assert _lapvar(marked) > 10.0
+
+
+def test_jpeg_and_noise_keep_the_image() -> None:
+    image = _texture(2)
+    noisy = dg.add_noise(image, 4.0, np.random.default_rng(0))
+    assert 2.0 < float(np.abs(noisy.astype(int) - image.astype(int)).mean()) < 5.0
+    assert dg.jpeg(image, 90).shape == image.shape
+
+
+# ------------------------------------------------------------------------------------------ patient split
+
+
+def _photos() -> list[Photo]:
+    photos = []
+    for c in range(30):
+        case = f"C{c:02d}"
+        for i in range(4):
+            focus = "blurry" if (c % 7 == 0 and i == 0) else "sharp"
+            photos.append(Photo(Path(f"{case}_{i}.jpg"), case, "acetic", focus, (0.2, 0.2, 0.8, 0.8), False))
+    return photos
+
+
+def test_split_is_by_patient_reproducible_and_keeps_blurry_patients_for_validation() -> None:
+    photos = _photos()
+    split = patient_split(photos, seed=0)
+    assert not set(split.train) & set(split.validation)
+    assert set(split.train) | set(split.validation) == {p.case for p in photos}
+    assert {p.case for p in photos if p.focus == "blurry"} <= set(split.validation)
+    assert len(split.validation) == round(0.4 * 30)
+    assert patient_split(photos, seed=0) == split
+    assert patient_split(photos, seed=1).validation != split.validation
+    assert "seed 0" in split.describe()
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def test_wilson_interval() -> None:
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
+    lo, hi = wilson(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_confusion_metrics() -> None:
+    truth = [True, True, True, False, False, False, False]
+    pred = [True, True, False, True, False, False, False]
+    c = Confusion.of(truth, pred)
+    assert (c.tp, c.fn, c.fp, c.tn) == (2, 1, 1, 3)
+    assert c.accuracy == pytest.approx(5 / 7)
+    assert c.precision == pytest.approx(2 / 3)
+    assert c.recall == pytest.approx(2 / 3)
+    assert c.specificity == pytest.approx(3 / 4)
+    assert c.f1 == pytest.approx(2 / 3)
+    assert c.summary()["confusion"] == {"tp": 2, "fp": 1, "tn": 3, "fn": 1}
+
+
+def test_roc_auc_and_curve() -> None:
+    truth = [True, True, False, False]
+    assert roc_auc(truth, [0.9, 0.8, 0.2, 0.1]) == 1.0
+    assert roc_auc(truth, [0.1, 0.2, 0.8, 0.9]) == 0.0
+    assert roc_auc(truth, [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert roc_auc(truth, [0.9, 0.3, 0.5, 0.1]) == 0.75
+    curve = roc_curve(truth, [0.9, 0.3, 0.5, 0.1])
+    assert curve[0] == (0.0, 0.0) and curve[-1] == (1.0, 1.0)
+    assert all(b[0] >= a[0] and b[1] >= a[1] for a, b in itertools.pairwise(curve))
+
+
+def test_roc_png_is_drawn(tmp_path: Path) -> None:
+    truth = [True, False, True, False]
+    draw_roc({"model": roc_curve(truth, [0.9, 0.1, 0.8, 0.3])}, tmp_path / "roc.png", size=200)
+    image = cv2.imread(str(tmp_path / "roc.png"))
+    assert image is not None and image.shape == (300, 300, 3)
+
+
+# ------------------------------------------------------------------------------------------ torch parts
+
+
+def test_box_coding_round_trips_through_the_gateway_decoder() -> None:
+    pytest.importorskip("torch")
+    from gateway.training.model import DETECTOR_ANCHORS, encode_boxes, match
+
+    anchors = generate_anchors(DETECTOR_ANCHORS, 320, 320).boxes.astype(np.float64)
+    box = np.array([50.0, 40.0, 250.0, 210.0])
+    labels, targets = match(anchors, box)
+    positive = labels > 0
+    assert positive.any() and not (labels[~positive] > 0).any()
+    decoded = decode_boxes(targets[positive], anchors[positive])
+    assert np.allclose(decoded, box, atol=1e-3)
+    assert np.allclose(encode_boxes(box[None], anchors[:1]).shape, (1, 4))
+    none_labels, _ = match(anchors, None)
+    assert not none_labels.any()
+
+
+def test_detector_head_flattens_in_torchvision_order() -> None:
+    torch = pytest.importorskip("torch")
+    from gateway.training.model import DetectorHead
+
+    head = DetectorHead(64)
+    a, h, w = head.anchors, 4, 4
+    x = torch.zeros(1, a * 1, h, w)
+    x[0, 5, 2, 3] = 1.0  # anchor 5 at row 2, column 3
+    flat = head._flatten(x, 1, (h, w))
+    assert flat.shape == (1, h * w * a, 1)
+    assert int(flat[0, :, 0].argmax()) == (2 * w + 3) * a + 5
+    cls, reg = head(torch.zeros(2, 112, 4, 4), torch.zeros(2, 320, 2, 2))
+    count = DetectorHead(64).anchors * (16 + 4 + 1)
+    assert cls.shape == (2, count, 1) and reg.shape == (2, count, 4)
+
+
+def test_focal_loss_ignores_and_down_weights() -> None:
+    torch = pytest.importorskip("torch")
+    from gateway.training.model import focal_loss
+
+    logits = torch.tensor([5.0, -5.0, 0.0, 3.0])
+    labels = torch.tensor([1.0, 0.0, 1.0, -1.0])
+    loss = focal_loss(logits, labels)
+    easy = focal_loss(logits[:2], labels[:2])
+    assert float(easy) < 1e-4 < float(loss)
+    assert float(focal_loss(logits[3:], labels[3:])) == 0.0
+
+
+def test_onnx_export_round_trip_of_a_tiny_classifier(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from torch import nn
+
+    from gateway.backends.neural import ClassifierFocus
+    from gateway.backends.onnxruntime import OnnxRuntime
+    from gateway.models.manifest import load_manifest
+    from gateway.training import export
+    from gateway.training.model import FocusHead
+    from tests.onnx_models import classifier_entry, write_manifest
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = FocusHead(features=8, hidden=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = torch.relu(self.conv(x))
+            pooled = torch.cat([f.mean(dim=(2, 3)), f.abs().mean(dim=(2, 3))], dim=1)
+            out: torch.Tensor = self.head(pooled)
+            return out
+
+    torch.manual_seed(0)
+    net = Tiny().eval()
+    from gateway.models.manifest import InputSpec
+
+    spec = InputSpec(name="crops", shape=(-1, 3, 32, 32), resize="stretch")
+    path = export.export_onnx(net, tmp_path / "tiny.onnx", spec, ["logits"])
+    assert export.check_parity(net, path, spec) < 1e-4
+    assert set(export.ops(path)) <= {"Conv", "Relu", "ReduceMean", "Abs", "Concat", "Sub", "Div", "Gemm"}
+    manifest = load_manifest(write_manifest(tmp_path, [classifier_entry(path, size=32, threshold=0.5)]))
+    spec_m = manifest.models[0]
+    focus = ClassifierFocus(spec_m, OnnxRuntime(path))
+    image = _texture(3, (48, 64))
+    finding = focus.judge(image, None)
+    from gateway.models.preprocess import preprocess
+
+    tensor, _ = preprocess(image, spec_m.input)
+    with torch.no_grad():
+        expected = float(torch.softmax(net(torch.from_numpy(tensor)), dim=1)[0, 1])
+    assert finding.measure == pytest.approx(expected, abs=1e-4)
+    entry = export.entry("tiny", "0.0.1", "focus_classifier", path, spec, [])
+    assert entry["sha256"] == spec_m.sha256 and entry["input"]["shape"] == [-1, 3, 32, 32]
