@@ -30,11 +30,9 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.allocator import tune_for_large_buffers
     from gateway.judge import build_judge
     from gateway.service import GatewayService
 
-    tune_for_large_buffers()  # before any thread: see gateway/allocator.py
     config = _config(args)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
