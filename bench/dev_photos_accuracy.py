@@ -44,6 +44,8 @@ from gateway.assessment import Box
 from gateway.backends.base import Detector, FocusJudge
 from gateway.backends.classical import ClassicalConfig, ClassicalDetector, ClassicalFocus
 from gateway.exposure import ExposureConfig, check_exposure
+from gateway.training.dataset import stage_group
+from gateway.training.evaluate import wilson
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cervix-dev"
 Image: TypeAlias = np.ndarray
@@ -60,15 +62,6 @@ class Photo:
     image: Image
 
 
-def stage_group(stage: str) -> str:
-    """The atlas's examination stage, grouped: saline, acetic, green, lugol or other."""
-    s = stage.lower()
-    for key, group in (("green", "green"), ("lugol", "lugol"), ("saline", "saline"), ("acetic", "acetic")):
-        if key in s:
-            return group
-    return "other"
-
-
 def load_photos(data: Path) -> list[Photo]:
     photos = []
     with (data / "labels.csv").open(newline="") as f:
@@ -82,16 +75,6 @@ def load_photos(data: Path) -> list[Photo]:
                 box = (float(row["x0"]) / w, float(row["y0"]) / h, float(row["x1"]) / w, float(row["y1"]) / h)
             photos.append(Photo(row["file"], row["case"], stage_group(row["stage"]), row["focus"], box, image))
     return photos
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95 % interval of the proportion k/n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def rate(k: int, n: int) -> str:
