@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Installs what the demo and the tests need on a fresh Debian/Ubuntu machine: Mosquitto from the distribution,
-# and the Python package with its test dependencies into ./.venv. Safe to run again.
+# Installs what the demo and the tests need on a fresh Debian/Ubuntu machine: Mosquitto, openssl and systemd's
+# tools from the distribution, and the Python package with its test dependencies into ./.venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+# Debian packages the tests use: the broker (and mosquitto_passwd), openssl (throw-away TLS certificates),
+# systemd-analyze (the unit's check), python3-venv. Only what is missing is installed.
+packages=()
+{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || packages+=(mosquitto)
+command -v mosquitto_passwd >/dev/null 2>&1 || packages+=(mosquitto)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
+python3 -c 'import ensurepip' 2>/dev/null || packages+=(python3-venv)
+if [ ${#packages[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends mosquitto python3-venv >/dev/null
   # The distribution starts a system broker on port 1883; ours start on their own ports and do not need it.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${packages[@]}" | sort -u) >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
