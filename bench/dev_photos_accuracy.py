@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway import scenes
-from gateway.assessment import Box
+from gateway.assessment import Box, iou
 from gateway.backends.base import Detector, FocusJudge
 from gateway.backends.classical import ClassicalConfig, ClassicalDetector, ClassicalFocus
 from gateway.exposure import ExposureConfig, check_exposure
@@ -82,14 +82,6 @@ def rate(k: int, n: int) -> str:
         return "    -  (0/0)"
     lo, hi = wilson(k, n)
     return f"{k / n:5.2f} [{lo:.2f}-{hi:.2f}] ({k}/{n})"
-
-
-def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class Assessor:

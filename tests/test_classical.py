@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gateway.assessment import Box
+from gateway.assessment import Box, iou
 from gateway.backends.classical import ClassicalConfig, ClassicalDetector, ClassicalFocus
 
 CONFIG = ClassicalConfig()
@@ -71,13 +71,6 @@ def colposcope(
         cv2.ellipse(img, p, size, rng.uniform(0, 180), 0, 360, (255, 255, 255), -1)
     out = cv2.GaussianBlur(img, (0, 0), 0.5 * s) + rng.normal(0, 1.5, img.shape)
     return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def sharp_probability(image: np.ndarray) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from gateway.assessment import iou
 from gateway.scenes import Scene, SceneSpec, Stage, encode_jpeg, render, standard_set
 
 W, H = 800, 600  # small enough to keep the suite quick on two shared cores
@@ -49,13 +50,6 @@ def _lap_var(img: npt.NDArray[np.uint8], where: Mask | tuple[int, int, int, int]
         x0, y0, x1, y1 = where
         return float(lap[y0:y1, x0:x1].var())
     return float(lap[where].var())
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 # ------------------------------------------------------------------------------------------- basics
@@ -257,7 +251,7 @@ def test_box_matches_rendered_disc(seed: int) -> None:
     stage = ("saline", "acetic", "iodine", "green")[seed % 4]
     scene = _render(SceneSpec(W, H, seed=seed, stage=stage))  # type: ignore[arg-type]
     assert scene.cervix_box is not None
-    assert _iou(_edge_box(scene), scene.cervix_box) > 0.85
+    assert iou(_edge_box(scene), scene.cervix_box) > 0.85
     img = scene.image.astype(np.float32)
     g = _gray(scene.image)
     e = _ellipse_dist(scene)

@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gateway.assessment import Box
+from gateway.assessment import Box, iou
 from gateway.backends.base import Backend
 from gateway.engines.progress import BuildProgress
 from gateway.models.manifest import load_manifest
@@ -192,14 +192,6 @@ def draw_roc(curves: dict[str, list[tuple[float, float]]], path: Path, size: int
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), img)
-
-
-def iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------------------ the baseline
