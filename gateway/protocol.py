@@ -66,7 +66,12 @@ def is_valid_id(value: str) -> bool:
 
 def derive_image_id(payload: bytes) -> str:
     """A stable id for a photo sent without one: the same bytes always get the same id."""
-    return "sha256-" + hashlib.sha256(payload).hexdigest()[:32]
+    return image_id_from_digest(hashlib.sha256(payload).hexdigest())
+
+
+def image_id_from_digest(payload_sha256: str) -> str:
+    """``derive_image_id`` from the payload's hex SHA-256, when that is already known."""
+    return "sha256-" + payload_sha256[:32]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from gateway.protocol import (
     TopicError,
     Topics,
     VerdictMessage,
-    derive_image_id,
+    image_id_from_digest,
     is_valid_id,
     utc_timestamp,
 )
@@ -247,7 +247,7 @@ class GatewayService:
             return
         site, device = parsed.site, parsed.device
         claimed = next((v for k, v in photo.user_properties if k == IMAGE_ID_PROPERTY), None)
-        image_id = claimed if claimed is not None else parsed.image_id or derive_image_id(photo.payload)
+        image_id = claimed if claimed is not None else parsed.image_id or image_id_from_digest(photo.payload_sha256)
         reply_topic = self._topics.verdicts(site, device)
         if photo.response_topic is not None:
             if self._topics.response_topic_allowed(photo.response_topic, site, device):
@@ -260,7 +260,8 @@ class GatewayService:
                     response_topic=photo.response_topic[:200],
                 )
         valid_id = is_valid_id(image_id)
-        request = PhotoRequest(site, device, image_id if valid_id else derive_image_id(photo.payload), photo.payload)
+        accepted_id = image_id if valid_id else image_id_from_digest(photo.payload_sha256)
+        request = PhotoRequest(site, device, accepted_id, photo.payload)
         job = _Job(request, reply_topic, photo.correlation_data, photo)
         if not valid_id:
             detail = f"the {IMAGE_ID_PROPERTY} user property must be 1..64 characters of [A-Za-z0-9._-]"
@@ -294,7 +295,7 @@ class GatewayService:
     def _answer(self, job: _Job) -> None:
         """Judge a photo once: a photo already answered gets its stored verdict, one being judged waits for it."""
         request = job.request
-        key = PhotoKey.of(request.site, request.device, request.image_id, request.payload)
+        key = PhotoKey(request.site, request.device, request.image_id, job.photo.payload_sha256)
         with self._in_flight_lock:
             stored = self._store.get(key)
             if stored is None:

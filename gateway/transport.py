@@ -11,9 +11,11 @@ published while the broker is away stay in paho's queue and go out on reconnect.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -41,6 +43,11 @@ class IncomingPhoto:
     qos: int = 0
     redelivered: bool = False
     """The broker's DUP flag: it sent this photo before (to this session) without getting an acknowledgement."""
+
+    @cached_property
+    def payload_sha256(self) -> str:
+        """Hex SHA-256 of the payload, computed once (it names a photo sent without an id, and keys duplicates)."""
+        return hashlib.sha256(self.payload).hexdigest()
 
 
 @dataclass(frozen=True)
