@@ -6,8 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from gateway.store import PhotoKey, StoredVerdict, VerdictStore
 
 
@@ -56,9 +54,8 @@ def test_the_newest_rows_are_kept_when_over_the_limit(tmp_path: Path) -> None:
     assert store.get(key(49)) is None and store.get(key(50)) == StoredVerdict(b"v50", None)
 
 
-@pytest.mark.parametrize("path", [None])
-def test_in_memory_store(path: Path | None) -> None:
-    store = VerdictStore(path, 3600, 1000)
+def test_in_memory_store() -> None:
+    store = VerdictStore(None, 3600, 1000)
     store.put(key(1), b"v1", None)
     assert store.get(key(1)) == StoredVerdict(b"v1", None)
 
