@@ -40,7 +40,7 @@ import paho.mqtt.client as mqtt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway import __version__  # noqa: E402
+from gateway import __version__, allocator  # noqa: E402
 from gateway.config import GatewayConfig, parse_config  # noqa: E402
 from gateway.decode import DecodeLimits, decode  # noqa: E402
 from gateway.judge import PhotoRequest, build_judge  # noqa: E402
@@ -176,8 +176,24 @@ def wait_online(url: str, topic: str, ready: Callable[[bytes], bool], timeout: f
         client.loop_stop()
 
 
-def start(command: list[str], stdout: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=subprocess.DEVNULL)
+def start(
+    command: list[str], stdout: int = subprocess.DEVNULL, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, cwd=REPO, stdout=stdout, stderr=subprocess.DEVNULL, env=env)
+
+
+def allocator_env(name: str) -> dict[str, str]:
+    """The environment for a gateway process on ``name``: jemalloc is preloaded as the systemd unit does."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if name == "jemalloc":
+        if not allocator.jemalloc_installed():
+            raise SystemExit("jemalloc is not installed (apt install libjemalloc2), or pass --allocator glibc")
+        env["LD_PRELOAD"] = allocator.JEMALLOC
+    return env
+
+
+def process_allocator(pid: int) -> str:
+    return allocator.active(Path(f"/proc/{pid}/maps"))
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -195,12 +211,15 @@ def report(
     naive: list[Load],
     memory: tuple[float, float, float, float],
     durations: tuple[float, float],
+    heap: str,
 ) -> str:
     lines = [
         "# Benchmarks",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `bench/gateway_bench.py`, on: {where}.",
-        f"Backend: `{off.backend}`; {off.workers} workers. Photos: 12 MP (4000x3000) noisy JPEGs of 3-4 MB.",
+        f"Backend: `{off.backend}`; {off.workers} workers; the gateway processes run on {heap} malloc"
+        f"{' (preloaded, as the systemd unit does)' if heap == 'jemalloc' else ''}."
+        " Photos: 12 MP (4000x3000) noisy JPEGs of 3-4 MB.",
         "Devices send their next photo as soon as the last is answered (closed loop), over a private Mosquitto on",
         "loopback; latency is from publish to verdict, measured by the device.",
         "",
@@ -254,6 +273,12 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=600, help="length of the memory soak (default 10 minutes)")
     parser.add_argument("--warm-s", type=float, default=120, help="load before the soak's first memory reading")
     parser.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "classical"])
+    parser.add_argument(
+        "--allocator",
+        default="jemalloc",
+        choices=["jemalloc", "glibc"],
+        help="malloc of the gateways (default: as the unit)",
+    )
     parser.add_argument("--photos", type=int, default=8, help="distinct photos (each device cycles through them)")
     parser.add_argument("--per-device", type=int, default=0, help="photos per device per load step (0: 48 in all)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -280,9 +305,11 @@ def main() -> None:
             off = offline(config, photos, rounds=2)
             print(f"offline: {off}", flush=True)
             ours, naive = [], []
-            gateway = start([sys.executable, "-m", "gateway", "run", "--config", str(work / "gateway.yaml")])
+            env = allocator_env(args.allocator)
+            gateway = start([sys.executable, "-m", "gateway", "run", "--config", str(work / "gateway.yaml")], env=env)
             processes.append(gateway)
             wait_online(broker.url, "colposcopy/gateways/bench/status", lambda p: b'"online"' in p)
+            heap = process_allocator(gateway.pid)
             load(broker.url, photos, 1, 2)  # warm-up
             for devices in DEVICE_COUNTS:
                 per = args.per_device or max(3, 48 // devices)
@@ -302,7 +329,7 @@ def main() -> None:
             print(f"soak {args.soak_s:.0f} s: rss {start_mb:.0f} -> {end_mb:.0f} MB (peak {peak_mb:.0f})", flush=True)
             stop(gateway)
             naive_cmd = [sys.executable, str(REPO / "bench" / "naive_gateway.py"), "--broker", broker.url]
-            baseline = start([*naive_cmd, "--config", str(work / "gateway.yaml")], subprocess.PIPE)
+            baseline = start([*naive_cmd, "--config", str(work / "gateway.yaml")], subprocess.PIPE, env)
             processes.append(baseline)
             assert baseline.stdout is not None
             while baseline.stdout.readline().strip() != b"subscribed":  # its log lines come first
@@ -319,7 +346,7 @@ def main() -> None:
                 if process.poll() is None:
                     stop(process)
             broker.stop()
-    text = report(where, off, ours, naive, (cold_mb, start_mb, end_mb, peak_mb), (args.warm_s, args.soak_s))
+    text = report(where, off, ours, naive, (cold_mb, start_mb, end_mb, peak_mb), (args.warm_s, args.soak_s), heap)
     args.out.write_text(text)
     print(text)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from gateway import __version__
+from gateway import __version__, allocator
 from gateway.config import ConfigError, GatewayConfig, defaults_yaml, load_config
 from gateway.logs import configure_logging
 from gateway.systemd import notify
@@ -38,6 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     notify("STATUS=loading the backend")
+    structlog.get_logger("gateway").info("starting", allocator=allocator.active())
     judge = build_judge(config)
     service = GatewayService(config, judge)
     service.start()  # READY=1, STATUS= and WATCHDOG=1 from here on: gateway.systemd.Notifier

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from gateway import __version__
+from gateway import __version__, allocator
 from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.runtime import InferenceError, shapes
 from gateway.config import BrokerConfig, GatewayConfig, MetricsConfig
@@ -249,6 +249,15 @@ def _metrics(metrics: MetricsConfig, report: _Report) -> bool:
         return False
 
 
+def _allocator(report: _Report) -> None:
+    """Advisory: the unit preloads jemalloc; without it memory creeps under load (not a failure)."""
+    report.section("Memory allocator")
+    if allocator.jemalloc_installed():
+        report.line(f"jemalloc installed: the unit preloads {allocator.JEMALLOC}")
+    else:
+        report.line("jemalloc NOT INSTALLED (apt install libjemalloc2): on glibc malloc, memory creeps under load")
+
+
 def _choice(
     config: GatewayConfig, manifest: Manifest | None, ort_ok: bool, trt_ok: bool, plans: bool
 ) -> tuple[str, bool]:
@@ -312,6 +321,7 @@ def run_doctor(
     report.line(broker_why)
     folders_ok = _folders(config, report)
     metrics_ok = _metrics(config.metrics, report)
+    _allocator(report)
     healthy = manifest_ok and as_configured and broker_ok and credentials_ok and folders_ok and metrics_ok
     print(f"\n{'OK' if healthy else 'PROBLEMS FOUND'}", file=report.out)
     return 0 if healthy else 1

@@ -45,7 +45,16 @@ if getent group video >/dev/null; then
   run usermod -a -G video "$USER_NAME"
 fi
 
-# 2. the venv; --system-site-packages lets JetPack's TensorRT (a system package) be imported
+# 2. jemalloc, which the unit preloads (glibc's malloc fragments under the gateway's multi-megabyte buffers)
+if ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then
+  if command -v apt-get >/dev/null; then
+    run apt-get install -y -q libjemalloc2
+  else
+    echo "warning: install jemalloc (libjemalloc.so.2); without it the gateway runs on glibc malloc" >&2
+  fi
+fi
+
+# 3. the venv; --system-site-packages lets JetPack's TensorRT (a system package) be imported
 run install -d -m 0755 "$PREFIX" "$PREFIX/engines"
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
   run python3 -m venv --system-site-packages "$PREFIX/venv"
@@ -58,7 +67,7 @@ run "$PREFIX/venv/bin/pip" install --quiet "$PWD[$EXTRAS]"
 run cp -r engines/. "$PREFIX/engines/"
 run install -m 0644 README.md "$PREFIX/README.md"
 
-# 3. config (kept when present) and the broker-password credential (LoadCredential= needs the file to exist)
+# 4. config (kept when present) and the broker-password credential (LoadCredential= needs the file to exist)
 run install -d -m 0755 "$ETC"
 if [ ! -e "$ETC/gateway.yaml" ]; then
   if [ "$DRY" = 1 ]; then
@@ -73,7 +82,7 @@ if [ ! -e "$ETC/mqtt-password" ]; then
 fi
 run "$PREFIX/venv/bin/colpo-gateway" config validate "$ETC/gateway.yaml"
 
-# 4. the unit
+# 5. the unit
 run install -m 0644 systemd/colposcopy-gateway.service "$UNIT"
 run systemctl daemon-reload
 if [ "$START" = 1 ]; then

@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway import allocator
 from gateway.assessment import CervixFinding
 from gateway.backends.base import Backend
 from gateway.config import parse_config
@@ -73,7 +74,20 @@ def test_unit_is_notify_with_watchdog_restart_and_hardening() -> None:
         assert unit.get(key) == [value], key
     assert int(unit["WatchdogSec"][0]) >= 10
     assert "PrivateDevices" not in unit  # it would hide the GPU
+    assert "LD_PRELOAD=libjemalloc.so.2" in " ".join(unit["Environment"])  # gateway/allocator.py says why
     assert unit["ExecStart"][0].split()[1:] == ["run", "--config", "/etc/colposcopy-gateway/gateway.yaml"]
+
+
+@pytest.mark.parametrize("preload", ["libjemalloc.so.2", ""])
+def test_the_units_preload_gives_jemalloc(preload: str) -> None:
+    """What the unit's LD_PRELOAD does to a Python process here: jemalloc when set (bootstrap installs it)."""
+    assert allocator.jemalloc_installed(), "scripts/bootstrap.sh installs libjemalloc2"
+    result = subprocess.run(
+        [sys.executable, "-c", "from gateway import allocator; print(allocator.active())"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "LD_PRELOAD": preload}, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("jemalloc" if preload else "glibc")
 
 
 def test_install_script_dry_run_lists_the_steps() -> None:
