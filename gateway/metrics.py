@@ -67,7 +67,8 @@ class Metrics:
         }
         self._batch = Histogram(
             "colpo_gateway_batch_size",
-            "Photos per inference call (no batching yet: always 1)",
+            "Photos per inference call of each model, batched across devices (none while models.max_batch is 1)",
+            ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,
         )
@@ -99,8 +100,10 @@ class Metrics:
         for stage, histogram in self._seconds.items():
             if stage in verdict.timings_ms:
                 histogram.observe(verdict.timings_ms[stage] / 1e3)
-        if "inference" in verdict.timings_ms:
-            self._batch.observe(1)
+
+    def batch(self, model: str, rows: int) -> None:
+        """One inference call of ``model`` on ``rows`` photos (reported by the batcher)."""
+        self._batch.labels(model).observe(rows)
 
     def decided(self) -> int:
         """Verdicts decided so far."""

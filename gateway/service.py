@@ -114,6 +114,7 @@ class GatewayService:
         )
         self._notifier = notifier or Notifier()
         self._metrics = Metrics(config.metrics, self.readiness, self._queue.qsize, self._transport.connected.is_set)
+        judge.pipeline.slot.batches.subscribe(self._metrics.batch)
 
     @property
     def connected(self) -> threading.Event:

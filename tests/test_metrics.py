@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -47,7 +49,7 @@ def wait_status(url: str, expected: int, timeout: float = 15.0) -> str:
         time.sleep(0.1)
 
 
-def config_for(port: int, tmp_path: Path) -> GatewayConfig:
+def config_for(port: int, tmp_path: Path, **more: Any) -> GatewayConfig:
     return parse_config(
         "",
         "<test>",
@@ -57,6 +59,7 @@ def config_for(port: int, tmp_path: Path) -> GatewayConfig:
             "broker": {"url": f"mqtt://127.0.0.1:{port}"},
             "store": {"path": str(tmp_path / "verdicts.sqlite3")},
             "metrics": {"port": 0},
+            **more,
         },
     )
 
@@ -103,7 +106,7 @@ def test_metrics_count_photos_and_verdicts_and_readyz_follows_the_broker(tmp_pat
         for stage in ("queue", "decode", "inference", "total"):
             assert value(f"colpo_gateway_{stage}_seconds_count") == 3
             assert value(f"colpo_gateway_{stage}_seconds_sum") > 0
-        assert value("colpo_gateway_batch_size_count") == 3 and value("colpo_gateway_batch_size_sum") == 3
+        assert not any(name.startswith("colpo_gateway_batch_size") for name, _ in got)  # classical: no models
         assert value("colpo_gateway_backend_info", backend="classical", state="online") == 1
         assert value("colpo_gateway_broker_connected") == 1
         assert value("colpo_gateway_queue_depth") == 0
@@ -116,6 +119,39 @@ def test_metrics_count_photos_and_verdicts_and_readyz_follows_the_broker(tmp_pat
         service.stop()
         if broker is not None:
             broker.stop()
+
+
+def test_batch_sizes_of_each_model_are_exported(tmp_path: Path) -> None:
+    """Photos of 4 devices at once through the committed ONNX models: every photo passes each model once, in
+    batches of at most models.max_batch."""
+    broker = start_mosquitto(tmp_path / "broker")
+    config = config_for(broker.port, tmp_path, backend="onnxruntime", models={"max_batch": 4})
+    service = GatewayService(config, build_judge(config))
+    service.start()
+    try:
+        assert service.connected.wait(15)
+        recorder = make_recorder(broker, ["colposcopy/+/+/verdicts"])
+        photo = encode_jpeg(render(SceneSpec(width=1600, height=1200, seed=3)).image)
+        for n in range(8):
+            recorder.publish(f"colposcopy/s/d{n % 4}/images", photo, props(f"p{n}"))
+        verdicts = recorder.wait_for(8, "colposcopy/s/", timeout=60)
+        assert sorted(json.loads(m.payload)["image_id"] for m in verdicts) == [f"p{n}" for n in range(8)]
+        assert all(json.loads(m.payload)["backend"] == "onnxruntime" for m in verdicts)
+        recorder.client.disconnect()
+        recorder.client.loop_stop()
+        assert service.metrics_port
+        got = samples(service.metrics_port)
+        for model in ("cervix-detector", "focus-classifier"):
+            labels = frozenset({("model", model)})
+            assert got[("colpo_gateway_batch_size_sum", labels)] == 8  # every photo once
+            assert 2 <= got[("colpo_gateway_batch_size_count", labels)] <= 8  # 8 rows at most 4 per call
+            assert (
+                got[("colpo_gateway_batch_size_bucket", labels | {("le", "4.0")})]
+                == got[("colpo_gateway_batch_size_count", labels)]
+            )  # no call over max_batch
+    finally:
+        service.stop()
+        broker.stop()
 
 
 def test_each_service_has_its_own_registry_and_a_taken_port_is_not_fatal() -> None:

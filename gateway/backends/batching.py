@@ -24,6 +24,28 @@ from gateway.backends.runtime import InferenceError, Runtime, TensorInfo
 log = structlog.get_logger(__name__)
 
 
+class BatchListeners:
+    """Where batchers report each batch they run (model name, rows), for whoever subscribes (the metrics)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[str, int], None]] = []
+
+    def subscribe(self, listener: Callable[[str, int], None]) -> None:
+        self._listeners.append(listener)
+
+    def reporter(self, model: str) -> Callable[[int], None]:
+        """The ``on_batch`` callback for the batcher of ``model``."""
+
+        def report(rows: int) -> None:
+            for listener in self._listeners:
+                try:
+                    listener(model, rows)
+                except Exception:
+                    log.exception("batch_listener_failed", model=model)
+
+        return report
+
+
 @dataclass
 class _Call:
     inputs: Mapping[str, np.ndarray]

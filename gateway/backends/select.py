@@ -20,7 +20,7 @@ import structlog
 from gateway import __version__
 from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.base import Backend
-from gateway.backends.batching import batched
+from gateway.backends.batching import BatchListeners, batched
 from gateway.backends.classical import ClassicalDetector, ClassicalFocus
 from gateway.backends.neural import neural_backend, open_runtimes
 from gateway.backends.runtime import InferenceError, Runtime
@@ -82,6 +82,8 @@ class _Selector:
         self._engines = engines
         self._onnx = onnx or _default_onnx(config)
         self.classical = classical_backend(config)
+        self.batches = BatchListeners()
+        """Every batcher opened here reports to this; the slot hands it to its subscribers."""
         self.start_build: Callable[[], None] | None = None
         """Starts the background build (after the choice is logged), when one is needed."""
 
@@ -120,7 +122,10 @@ class _Selector:
 
     def _batched(self, runtimes: dict[str, Runtime]) -> dict[str, Runtime]:
         models = self.config.models
-        return {name: batched(rt, models.max_batch, models.batch_wait_ms) for name, rt in runtimes.items()}
+        return {
+            name: batched(rt, models.max_batch, models.batch_wait_ms, self.batches.reporter(name))
+            for name, rt in runtimes.items()
+        }
 
     def _interim(self, manifest: Manifest) -> tuple[Backend, str | None, bool]:
         """ONNX Runtime if it runs the manifest here, else classical, why not, and whether a model is broken."""
@@ -196,6 +201,7 @@ def select_backend(
     """The backend the config asks for, in a slot that a background engine build may switch over later."""
     selector = _Selector(config, engines, onnx)
     slot = selector.select()
+    slot.batches = selector.batches
     log_choice = log.info if slot.state == "online" else log.warning
     log_choice(
         "backend_selected",

@@ -14,6 +14,7 @@ from typing import Literal
 import structlog
 
 from gateway.backends.base import Backend
+from gateway.backends.batching import BatchListeners
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +31,8 @@ class BackendSlot:
         self._closers: list[Callable[[], None]] = []
         self._pending = 0
         self._settled = threading.Condition(self._lock)
+        self.batches = BatchListeners()
+        """The batchers of this slot's backends report each batch here (model name, rows)."""
 
     @property
     def current(self) -> Backend:
