@@ -128,7 +128,10 @@ def _onnxruntime(config: GatewayConfig, manifest: Manifest | None, report: _Repo
     for spec in manifest.models:
         try:
             runtime = ort_backend.OnnxRuntime(
-                manifest.onnx_path(spec), models.onnxruntime_providers, models.onnxruntime_threads
+                manifest.onnx_path(spec),
+                models.onnxruntime_providers,
+                models.onnxruntime_threads,
+                models.onnxruntime_memory_arena,
             )
             check_signature(spec, shapes(runtime.inputs), shapes(runtime.outputs))
         except (InferenceError, ManifestError) as exc:

@@ -16,7 +16,7 @@ from gateway.backends.neural import ClassifierFocus, RetinaNetDetector, neural_b
 from gateway.backends.onnxruntime import OnnxRuntime, choose_providers, probe
 from gateway.backends.runtime import InferenceError
 from gateway.backends.settings import ModelsConfig
-from gateway.config import parse_config
+from gateway.config import GatewayConfig, parse_config
 from gateway.engines.provider import TensorRTEngines
 from gateway.judge import PhotoRequest, build_judge
 from gateway.models.manifest import ManifestError, load_manifest
@@ -61,6 +61,17 @@ def test_the_model_really_runs_on_the_input(tmp_path: Path) -> None:
     x = np.full((2, 3, 16, 16), 0.25, dtype=np.float32)
     x[1] = -1.0
     np.testing.assert_allclose(runtime.run({"crops": x})["logits"], [[0, 1.0], [0, -1.5]], atol=1e-6)
+
+
+def test_the_memory_arena_is_off_unless_configured(tmp_path: Path) -> None:
+    """The arena only grows (gateway/backends/onnxruntime.py); the config's switch reaches the session."""
+    mean_classifier(tmp_path / "m.onnx", 16, gain=1.0, bias=0.0)
+    x = np.zeros((1, 3, 16, 16), dtype=np.float32)
+    for arena in (False, True):
+        runtime = OnnxRuntime(tmp_path / "m.onnx", memory_arena=arena)
+        assert runtime._session.get_session_options().enable_cpu_mem_arena is arena
+        np.testing.assert_allclose(runtime.run({"crops": x})["logits"], [[0, 0]], atol=1e-6)
+    assert GatewayConfig().models.onnxruntime_memory_arena is False
 
 
 def test_broken_files_and_bad_inputs_raise_inference_errors(tmp_path: Path) -> None:

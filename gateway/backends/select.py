@@ -71,7 +71,9 @@ def _default_onnx(config: GatewayConfig) -> OnnxFactory:
     models = config.models
 
     def open_onnx(_spec: ModelSpec, path: Path) -> Runtime:
-        return ort_backend.OnnxRuntime(path, models.onnxruntime_providers, models.onnxruntime_threads)
+        return ort_backend.OnnxRuntime(
+            path, models.onnxruntime_providers, models.onnxruntime_threads, models.onnxruntime_memory_arena
+        )
 
     return open_onnx
 

@@ -60,6 +60,10 @@ class ModelsConfig(BaseModel):
         description="ONNX Runtime execution providers in order; empty: TensorRT, CUDA, CPU, whichever exist",
     )
     onnxruntime_threads: int = Field(default=0, ge=0, le=64, description="Threads per session; 0: ONNX Runtime's")
+    onnxruntime_memory_arena: bool = Field(
+        default=False,
+        description="ONNX Runtime's CPU memory arena; it never gives memory back, so off: tensors come from malloc",
+    )
 
     def manifest_path(self) -> Path:
         return self.manifest if self.manifest is not None else REPO_MANIFEST
