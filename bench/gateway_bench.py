@@ -212,13 +212,15 @@ def report(
     memory: tuple[float, float, float, float],
     durations: tuple[float, float],
     heap: str,
+    arena: bool,
 ) -> str:
     lines = [
         "# Benchmarks",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `bench/gateway_bench.py`, on: {where}.",
         f"Backend: `{off.backend}`; {off.workers} workers; the gateway processes run on {heap} malloc"
-        f"{' (preloaded, as the systemd unit does)' if heap == 'jemalloc' else ''}."
+        f"{' (preloaded, as the systemd unit does)' if heap == 'jemalloc' else ''}; ONNX Runtime's CPU memory arena"
+        f" {'on' if arena else 'off'} (`models.onnxruntime_memory_arena`)."
         " Photos: 12 MP (4000x3000) noisy JPEGs of 3-4 MB.",
         "Devices send their next photo as soon as the last is answered (closed loop), over a private Mosquitto on",
         "loopback; latency is from publish to verdict, measured by the device.",
@@ -346,7 +348,9 @@ def main() -> None:
                 if process.poll() is None:
                     stop(process)
             broker.stop()
-    text = report(where, off, ours, naive, (cold_mb, start_mb, end_mb, peak_mb), (args.warm_s, args.soak_s), heap)
+    memory = (cold_mb, start_mb, end_mb, peak_mb)
+    arena = config.models.onnxruntime_memory_arena
+    text = report(where, off, ours, naive, memory, (args.warm_s, args.soak_s), heap, arena)
     args.out.write_text(text)
     print(text)
 
