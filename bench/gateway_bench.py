@@ -189,6 +189,7 @@ def allocator_env(name: str) -> dict[str, str]:
         if not allocator.jemalloc_installed():
             raise SystemExit("jemalloc is not installed (apt install libjemalloc2), or pass --allocator glibc")
         env["LD_PRELOAD"] = allocator.JEMALLOC
+        env["MALLOC_CONF"] = allocator.MALLOC_CONF
     return env
 
 

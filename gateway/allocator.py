@@ -5,7 +5,10 @@ the model batches) on several threads. glibc's malloc serves them from per-threa
 benchmark's 10-minute soak the gateway's resident memory grew by 30 % (308 -> 401 MB) and kept creeping.
 jemalloc returns freed pages to the system within seconds, so the systemd unit preloads it
 (``LD_PRELOAD=libjemalloc.so.2``, Debian/Ubuntu package ``libjemalloc2``); the loader skips a missing library with
-a warning and the gateway then runs on glibc. ``docs/benchmarks.md`` has the measurements.
+a warning and the gateway then runs on glibc. With ``MALLOC_CONF`` (below): jemalloc's default gives allocations
+over 8 MiB (a decoded 12 MP photo at half size is 9 MB) fresh pages every time, which cost 19 ms of p50 latency
+(136.6 against 117.6 ms, one device, this 2-core machine). ONNX Runtime's own arena is the other half of the
+memory story (gateway/backends/onnxruntime.py). ``docs/benchmarks.md`` has the soak.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Literal
 Allocator = Literal["jemalloc", "glibc", "unknown"]
 JEMALLOC = "libjemalloc.so.2"
 """The name the unit preloads; the dynamic loader finds it in the architecture's library folder."""
+MALLOC_CONF = "oversize_threshold:0"
+"""jemalloc's options, as the unit sets them: no separate arena (and no immediate purge) for large allocations."""
 
 
 def active(maps: Path = Path("/proc/self/maps")) -> Allocator:

@@ -74,7 +74,8 @@ def test_unit_is_notify_with_watchdog_restart_and_hardening() -> None:
         assert unit.get(key) == [value], key
     assert int(unit["WatchdogSec"][0]) >= 10
     assert "PrivateDevices" not in unit  # it would hide the GPU
-    assert "LD_PRELOAD=libjemalloc.so.2" in " ".join(unit["Environment"])  # gateway/allocator.py says why
+    environment = " ".join(unit["Environment"]).split()  # gateway/allocator.py says why
+    assert f"LD_PRELOAD={allocator.JEMALLOC}" in environment and f"MALLOC_CONF={allocator.MALLOC_CONF}" in environment
     assert unit["ExecStart"][0].split()[1:] == ["run", "--config", "/etc/colposcopy-gateway/gateway.yaml"]
 
 
