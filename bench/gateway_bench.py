@@ -214,6 +214,7 @@ def report(
     durations: tuple[float, float],
     heap: str,
     arena: bool,
+    naive_heap: str,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -221,7 +222,8 @@ def report(
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `bench/gateway_bench.py`, on: {where}.",
         f"Backend: `{off.backend}`; {off.workers} workers; the gateway processes run on {heap} malloc"
         f"{' (preloaded, as the systemd unit does)' if heap == 'jemalloc' else ''}; ONNX Runtime's CPU memory arena"
-        f" {'on' if arena else 'off'} (`models.onnxruntime_memory_arena`)."
+        f" {'on' if arena else 'off'} (`models.onnxruntime_memory_arena`). The naive baseline runs on {naive_heap}"
+        " malloc, as a plain install would."
         " Photos: 12 MP (4000x3000) noisy JPEGs of 3-4 MB.",
         "Devices send their next photo as soon as the last is answered (closed loop), over a private Mosquitto on",
         "loopback; latency is from publish to verdict, measured by the device.",
@@ -282,6 +284,12 @@ def main() -> None:
         choices=["jemalloc", "glibc"],
         help="malloc of the gateways (default: as the unit)",
     )
+    parser.add_argument(
+        "--naive-allocator",
+        default="glibc",
+        choices=["jemalloc", "glibc"],
+        help="malloc of the naive baseline (default: glibc, as a plain install has it)",
+    )
     parser.add_argument("--photos", type=int, default=8, help="distinct photos (each device cycles through them)")
     parser.add_argument("--per-device", type=int, default=0, help="photos per device per load step (0: 48 in all)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -332,7 +340,9 @@ def main() -> None:
             print(f"soak {args.soak_s:.0f} s: rss {start_mb:.0f} -> {end_mb:.0f} MB (peak {peak_mb:.0f})", flush=True)
             stop(gateway)
             naive_cmd = [sys.executable, str(REPO / "bench" / "naive_gateway.py"), "--broker", broker.url]
-            baseline = start([*naive_cmd, "--config", str(work / "gateway.yaml")], subprocess.PIPE, env)
+            naive_env = allocator_env(args.naive_allocator)
+            baseline = start([*naive_cmd, "--config", str(work / "gateway.yaml")], subprocess.PIPE, naive_env)
+            naive_heap = process_allocator(baseline.pid)
             processes.append(baseline)
             assert baseline.stdout is not None
             while baseline.stdout.readline().strip() != b"subscribed":  # its log lines come first
@@ -351,7 +361,7 @@ def main() -> None:
             broker.stop()
     memory = (cold_mb, start_mb, end_mb, peak_mb)
     arena = config.models.onnxruntime_memory_arena
-    text = report(where, off, ours, naive, memory, (args.warm_s, args.soak_s), heap, arena)
+    text = report(where, off, ours, naive, memory, (args.warm_s, args.soak_s), heap, arena, naive_heap)
     args.out.write_text(text)
     print(text)
 
