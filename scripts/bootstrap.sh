@@ -12,7 +12,7 @@ packages=()
 command -v mosquitto_passwd >/dev/null 2>&1 || packages+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
-ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2 || packages+=(libjemalloc2)
+{ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q libjemalloc.so.2 || packages+=(libjemalloc2)  # /sbin: not on a user PATH
 python3 -c 'import ensurepip' 2>/dev/null || packages+=(python3-venv)
 if [ ${#packages[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -67,7 +67,7 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # The CPU arena keeps every extension it ever made (in power-of-two steps as batch sizes vary): the gateway's
-        # resident memory stepped up by 30-80 MB at a time under load and settled near 365 MB; without it, 200 MB
+        # resident memory stepped up by 24-81 MB at a time under load and settled near 365 MB; without it, 200 MB
         # and flat, its tensors served by malloc (jemalloc under the systemd unit). docs/benchmarks.md has the run.
         options.enable_cpu_mem_arena = memory_arena
         # Each session has its own thread pool; spinning threads of one model steal the cores of the next (the
