@@ -53,6 +53,8 @@ from gateway.training import dataset, degradations, evaluate, export, model, tra
 from gateway.training.dataset import Photo, box_pixels  # noqa: E402
 
 DRAWS, CALIBRATION_DRAWS = 24, 12
+CERVIX_PX = train.FOCUS_SIZE / (1 + 2 * train.CROP_MARGIN)
+"""The cervix box's width in the focus crop."""
 Sample = tuple[np.ndarray, tuple[float, float, float, float] | None]
 """An input tensor, and the box to pool in (input pixels; None: the whole input)."""
 
@@ -104,9 +106,9 @@ class Variant:
         """``draw``: "train" (rescaled, flipped, box jittered), "calibrate" (flipped, jittered) or "evaluate"."""
         if draw == "train":
             lo = math.log(0.45)
-            if not self.upscale:  # never enlarge the cervix past the crop's ~320 px
+            if not self.upscale:  # never enlarge the cervix past its width in the crop (about 320 px)
                 width = (box[2] - box[0]) * image.shape[1]
-                lo = max(lo, min(0.0, math.log(320 / width)))
+                lo = max(lo, min(0.0, math.log(CERVIX_PX / width)))
             image = train.rescale(image, float(np.exp(rng.uniform(lo, 0.0))) if lo < 0 else 1.0)
         if draw != "evaluate" and rng.random() < 0.5:
             image = image[:, ::-1].copy()
@@ -195,7 +197,7 @@ def run_variant(
         options = train.TrainOptions(data, Path(folder), seed, focus_variants=DRAWS)
         head = train.train_focus_head(x, y, options)
         cx, cy = draws(held, variant, extractor, CALIBRATION_DRAWS, 1000, "calibrate")
-        threshold = float(np.quantile(train.sharp_probability(head, cx[cy == 1]), 1 - options.focus_specificity))
+        threshold = train.specificity_threshold(train.sharp_probability(head, cx[cy == 1]), options.focus_specificity)
 
         def probability(samples: list[Sample]) -> np.ndarray:
             return train.sharp_probability(head, extractor(samples))

@@ -272,6 +272,11 @@ def sharp_probability(head: model.FocusHead, features: np.ndarray) -> np.ndarray
     return np.asarray(p.numpy(), dtype=np.float64)
 
 
+def specificity_threshold(sharp_scores: np.ndarray, specificity: float) -> float:
+    """The sharp probability that keeps ``specificity`` of ``sharp_scores`` sharp (clipped to 0.01..0.99)."""
+    return float(np.clip(np.quantile(sharp_scores, 1.0 - specificity), 0.01, 0.99))
+
+
 def youden_threshold(sharp_scores: np.ndarray, blurred_scores: np.ndarray) -> float:
     """The threshold (on a 0..1 score, high = the "sharp_scores" class) maximising sensitivity + specificity:
     the middle of the range of cuts that reach the maximum (robust when the classes separate)."""
@@ -461,7 +466,7 @@ def run(options: TrainOptions) -> int:
         calibration = TrainOptions(options.data, options.out, options.seed, focus_variants=12)
         vx, vy = focus_features(val_photos, calibration, extractor, progress, options.seed + 1000, scale=False)
         vp = sharp_probability(head, vx)
-        focus_threshold = float(np.clip(np.quantile(vp[vy == 1], 1.0 - options.focus_specificity), 0.01, 0.99))
+        focus_threshold = specificity_threshold(vp[vy == 1], options.focus_specificity)
         log.info("focus_threshold", threshold=round(focus_threshold, 4))
 
         det_extractor = _Extractor(model.DetectorFeatures(DETECTOR_SIZE), dspec, ["c4", "c5"], Path(tmp))
