@@ -167,7 +167,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(config.logging)
     manifest = args.manifest or config.models.manifest_path()
-    report = evaluate(args.data, manifest, seed=args.seed, all_patients=args.all)
+    sources = [s for s in args.independent_blur.split(",") if s and s != "none"]
+    report = evaluate(
+        args.data,
+        manifest,
+        seed=args.seed,
+        all_patients=args.all,
+        config=config,
+        holdout_sources=sources,
+        draws=args.draws,
+    )
     print(report.table())
     if args.json:
         args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
@@ -206,6 +215,13 @@ HEADER = """\
 def _size(text: str) -> tuple[int, int]:
     w, _, h = text.partition("x")
     return int(w), int(h)
+
+
+def _draws(text: str) -> int:
+    value = int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"at least 8 draws per photo, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--manifest", type=Path, help="model manifest (overrides models.manifest)")
     ev.add_argument("--seed", type=int, default=0, help="the training seed: it gives the patient split")
     ev.add_argument("--all", action="store_true", help="every photo (a folder never trained on), not the split")
+    ev.add_argument(
+        "--independent-blur",
+        default="atlas,device-like",
+        metavar="SOURCES",
+        help="sources for the independent blur generator's rows: atlas, device-like, both (default) or none",
+    )
+    ev.add_argument("--draws", type=_draws, default=10, help="independent blur draws per photo (>= 8)")
     ev.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
     ev.add_argument("--roc", type=Path, metavar="PNG", help="draw the ROC curves")
     ev.set_defaults(func=cmd_evaluate)

@@ -14,6 +14,7 @@ import numpy as np
 import structlog
 
 from gateway.assessment import Assessment
+from gateway.backends.base import Backend
 from gateway.config import GatewayConfig
 from gateway.decode import DecodeError, DecodeLimits, decode
 from gateway.pipeline import Pipeline, load_backend
@@ -154,11 +155,11 @@ class Judge:
         )
 
 
-def build_judge(config: GatewayConfig) -> Judge:
-    """The judge the config describes: its backend, exposure checks, policy and decode limits."""
+def build_judge(config: GatewayConfig, backend: Backend | None = None) -> Judge:
+    """The judge the config describes: its backend (or ``backend``), exposure checks, policy and decode limits."""
     limits = DecodeLimits(max_bytes=config.decode.max_payload_bytes, max_pixels=config.decode.max_pixels)
     return Judge(
-        Pipeline(load_backend(config), config.exposure),
+        Pipeline(backend or load_backend(config), config.exposure),
         Policy(config.policy),
         limits,
         config.decode.analysis_long_side,

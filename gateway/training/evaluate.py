@@ -6,7 +6,9 @@ real sharp photo degraded once per type of the degradation model (defocus, motio
 "sharp after JPEG + noise"), drawn with a seed of their own. Every row has its count and a Wilson 95 % interval;
 the variance-of-Laplacian baseline (threshold fitted on the training patients by Youden's J) is judged on the same
 crops. Also: ROC AUC, confusion matrix, accuracy per examination stage, cervix found (IoU >= 0.5) on cervix photos,
-false finds on images without a cervix, and the time per photo. Needs numpy, OpenCV and ONNX Runtime, not torch.
+false finds on images without a cervix, and the time per photo. Then the independent blur generator's rows
+(``gateway.evaluation.blur_rows``: atlas and device-like photos, through the gateway's own verdicts, beside a
+whole-frame Laplacian baseline). Needs numpy, OpenCV and ONNX Runtime, not torch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -30,6 +32,10 @@ from gateway.models.manifest import load_manifest
 from gateway.models.preprocess import crop
 from gateway.training import dataset, degradations
 from gateway.training.dataset import Photo, box_pixels
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.evaluation.blur_rows import HoldoutReport
 
 ROWS = (
     "real sharp",
@@ -252,6 +258,8 @@ class Report:
     timings_ms: dict[str, float] = field(default_factory=dict)
     unsure_not_sharp: tuple[int, int] = (0, 0)
     patients: str = "validation"
+    holdout: HoldoutReport | None = None
+    """The independent blur generator's rows (``gateway.evaluation.blur_rows``)."""
 
     def _rows(self) -> dict[str, list[Case]]:
         rows: dict[str, list[Case]] = {r: [] for r in ROWS}
@@ -350,6 +358,7 @@ class Report:
             "unsure_judged_not_sharp": list(self.unsure_not_sharp),
             "detector": self.detector,
             "timings_ms": self.timings_ms,
+            "independent_blur": self.holdout.to_json() if self.holdout else None,
         }
 
     def table(self) -> str:
@@ -403,7 +412,8 @@ class Report:
                 f"Time per 800x600 photo through ONNX Runtime (locate + focus): mean {t['mean']:.1f} ms, "
                 f"p95 {t['p95']:.1f} ms (detector {t['locate']:.1f}, focus {t['focus']:.1f})."
             )
-        return "\n".join([*lines, "", *self.targets()])
+        holdout = [self.holdout.table(), ""] if self.holdout else []
+        return "\n".join([*lines, "", *holdout, *self.targets()])
 
     def targets(self) -> list[str]:
         """The issue's targets against what was reached."""
@@ -427,6 +437,8 @@ class Report:
                 f"| cervix found (IoU >= 0.5) on >= 98 % of cervix photos | {100 * hit:.1f} % | {mark(hit >= 0.98)} |"
             )
             lines.append(f"| found on <= 5 % of no-cervix images | {100 * false:.1f} % | {mark(false <= 0.05)} |")
+        if self.holdout:
+            lines += self.holdout.targets()
         return lines
 
 
@@ -446,8 +458,13 @@ def evaluate(
     seed: int = 0,
     progress: BuildProgress | None = None,
     all_patients: bool = False,
+    config: GatewayConfig | None = None,
+    holdout_sources: Sequence[str] = ("atlas", "device-like"),
+    draws: int = 10,
 ) -> Report:
-    """Evaluate the manifest's models on ``data`` (see the module docstring)."""
+    """Evaluate the manifest's models on ``data`` (see the module docstring); ``holdout_sources`` (empty: none)
+    add the independent blur generator's rows, ``draws`` per photo, judged as ``config`` (default: defaults)
+    says."""
     progress = progress or BuildProgress("evaluate", interval_s=15.0)
     backend = onnx_backend(manifest_path)
     photos = dataset.load_photos(data)
@@ -520,6 +537,10 @@ def evaluate(
         "false_ci": list(wilson(len(false_names), len(negatives))),
         "false_names": false_names,
     }
+    if holdout_sources:
+        report.holdout = _holdout(
+            backend, config, held, train if train and not all_patients else held, seed, holdout_sources, draws, progress
+        )
     total = sorted(a + b for a, b in zip(locate_ms, focus_ms, strict=True))
     if total:
         report.timings_ms = {
@@ -528,6 +549,37 @@ def evaluate(
             "locate": statistics.fmean(locate_ms),
             "focus": statistics.fmean(focus_ms),
         }
+    return report
+
+
+def _holdout(
+    backend: Backend,
+    config: GatewayConfig | None,
+    held: list[Photo],
+    fit: list[Photo],
+    seed: int,
+    sources: Sequence[str],
+    draws: int,
+    progress: BuildProgress,
+) -> HoldoutReport:
+    """The independent blur generator's rows, judged by the gateway's own judge around ``backend``."""
+    from gateway.config import load_config
+    from gateway.evaluation import blur_rows
+    from gateway.judge import build_judge
+
+    judge = build_judge(config or load_config(None), backend)
+    photos = sum(p.focus == "sharp" and p.box is not None for p in held) * len(sources)
+    progress.phase_start("independent blur", None, photos)
+    report = blur_rows.measure(
+        held,
+        fit,
+        judge,
+        seed,
+        sources,
+        draws,
+        progress=lambda done, _: progress.step_complete("independent blur", done - 1),
+    )
+    progress.phase_finish("independent blur")
     return report
 
 
