@@ -132,3 +132,11 @@ def test_the_speculum_mask_covers_the_metal_of_the_scene() -> None:
     image, mask = scenes.render(spec).image, scenes.speculum_mask(spec)
     saturation = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)[:, :, 1]
     assert saturation[mask > 0.99].mean() < 25 < 80 < saturation[mask < 0.01].mean()
+
+
+@pytest.mark.parametrize("stage", ["green", "lugol", "other"])
+def test_the_speculum_stays_metal_grey_at_every_stage(stage: str) -> None:
+    atlas, box = _atlas()
+    frame = dp.compose(atlas, box, np.random.default_rng(3), stage=stage)
+    saturation = cv2.cvtColor(frame.image, cv2.COLOR_BGR2HSV)[:, :, 1]
+    assert saturation[frame.speculum > 0.99].mean() < 30

@@ -60,8 +60,9 @@ SHARPEN_SIGMA = (0.8, 2.0)
 JPEG_QUALITY = (80, 95)
 GLINT_GAIN = 3.0
 """Radiance of a clipped highlight relative to white, for ``optics``."""
-STAGES: dict[str, scenes.Stage] = {"acetic": "acetic", "saline": "saline", "lugol": "iodine", "green": "green"}
-"""Atlas stage group -> the stage the surroundings are painted in (others: saline)."""
+STAGES: dict[str, scenes.Stage] = {"acetic": "acetic", "saline": "saline", "lugol": "iodine"}
+"""Atlas stage group -> the stage the surroundings are painted in (others: saline, then tinted; the scenes' green
+filter would paint the metal green too)."""
 
 
 @dataclass(frozen=True, eq=False)
