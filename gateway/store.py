@@ -6,6 +6,10 @@ photo. The verdict is written here before it is published, so a gateway killed b
 
 SQLite in WAL mode with ``synchronous=NORMAL``: a committed verdict survives a crash of the process (SIGKILL, OOM);
 after a power cut the last few commits may be lost, never the database. Bounded by age and by row count.
+
+The store is a cache, not the truth: a statement that fails (full disk, read-only, I/O error, a lock) never raises.
+A failed read finds nothing, a failed write is dropped; ``fault`` then says why (the gateway reports ``degraded``)
+until a statement succeeds again (``probe`` tries one while no photo comes).
 """
 
 from __future__ import annotations
@@ -14,12 +18,18 @@ import hashlib
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+_PROBE_BYTES = 64 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS verdicts (
@@ -33,6 +43,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     PRIMARY KEY (site, device, image_id, payload_sha256)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS verdicts_by_age ON verdicts (decided_at);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
 
@@ -72,45 +83,89 @@ class VerdictStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         self._puts = 0
+        self._fault: str | None = None
         self.prune()
 
-    def get(self, key: PhotoKey) -> StoredVerdict | None:
+    @property
+    def fault(self) -> str | None:
+        """Why the last statement failed, None once one succeeds again."""
+        return self._fault
+
+    def _run(self, what: str, statement: Callable[[sqlite3.Connection], T], failed: T, writes: bool = True) -> T:
+        """Run ``statement`` under the lock; on a database or disk error, record the fault and return ``failed``.
+        Only a write that succeeds clears the fault (reads still work on a full disk)."""
         with self._lock:
-            row = self._db.execute(
+            try:
+                result = statement(self._db)
+            except (sqlite3.Error, OSError) as exc:
+                if self._fault is None:
+                    log.error("verdict_store_failed", path=str(self.path), during=what, error=str(exc))
+                self._fault = f"the verdict store at {self.path or 'memory'} cannot be used ({what}: {exc})"
+                return failed
+            if self._fault is not None and writes:
+                log.info("verdict_store_recovered", path=str(self.path))
+                self._fault = None
+            return result
+
+    def get(self, key: PhotoKey) -> StoredVerdict | None:
+        def select(db: sqlite3.Connection) -> StoredVerdict | None:
+            row = db.execute(
                 "SELECT verdict, recapture FROM verdicts"
                 " WHERE site = ? AND device = ? AND image_id = ? AND payload_sha256 = ? AND decided_at >= ?",
                 (key.site, key.device, key.image_id, key.payload_sha256, time.time() - self._max_age_s),
             ).fetchone()
-        return StoredVerdict(bytes(row[0]), bytes(row[1]) if row[1] is not None else None) if row else None
+            return StoredVerdict(bytes(row[0]), bytes(row[1]) if row[1] is not None else None) if row else None
 
-    def put(self, key: PhotoKey, verdict: bytes, recapture: bytes | None) -> None:
-        with self._lock:
-            self._db.execute(
+        return self._run("read", select, None, writes=False)
+
+    def put(self, key: PhotoKey, verdict: bytes, recapture: bytes | None) -> bool:
+        """Store a verdict; False if it could not be written (see ``fault``)."""
+
+        def insert(db: sqlite3.Connection) -> bool:
+            db.execute(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key.site, key.device, key.image_id, key.payload_sha256, time.time(), verdict, recapture),
             )
+            return True
+
+        stored = self._run("write", insert, False)
+        if stored:
             self._puts += 1
-            due = self._puts % 256 == 0
-        if due:
-            self.prune()
+            if self._puts % 256 == 0:
+                self.prune()
+        return stored
+
+    def probe(self) -> bool:
+        """Try a write of some pages (the disk may have been freed), then take it back; True when the store works.
+        A write of one page could still fit where a verdict does not."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (bytes(_PROBE_BYTES),))
+            db.execute("DELETE FROM meta WHERE name = 'probe'")
+
+        self._run("write", write, None)
+        return self._fault is None
 
     def prune(self) -> int:
         """Drop verdicts older than the age limit and the oldest beyond the row limit; the number dropped."""
-        with self._lock:
-            aged = self._db.execute("DELETE FROM verdicts WHERE decided_at < ?", (time.time() - self._max_age_s,))
-            over = self._db.execute(
+
+        def delete(db: sqlite3.Connection) -> int:
+            aged = db.execute("DELETE FROM verdicts WHERE decided_at < ?", (time.time() - self._max_age_s,))
+            over = db.execute(
                 "DELETE FROM verdicts WHERE decided_at <= "
                 "(SELECT decided_at FROM verdicts ORDER BY decided_at DESC LIMIT 1 OFFSET ?)",
                 (self._max_entries,),
             )
-            dropped = aged.rowcount + over.rowcount
+            return int(aged.rowcount + over.rowcount)
+
+        dropped = self._run("prune", delete, 0)
         if dropped:
             log.info("verdict_store_pruned", dropped=dropped)
         return dropped
 
     def __len__(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0])
+        count = "SELECT COUNT(*) FROM verdicts"
+        return self._run("count", lambda db: int(db.execute(count).fetchone()[0]), 0, writes=False)
 
     def close(self) -> None:
         with self._lock:
