@@ -17,7 +17,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +50,42 @@ IMAGE_ID_PROPERTY = "image-id"
 
 #: Reasons whose verdicts are not stored: a later delivery of the same photo deserves a fresh try.
 _TRANSIENT = frozenset({Reason.BUSY, Reason.INTERNAL})
+
+
+POISON_AFTER_CRASHES = 2
+"""A photo the gateway died judging this many times is answered ``poison`` instead of being judged again."""
+
+
+class _Turns:
+    """Photos are judged side by side, except a suspect (one being judged when the gateway died), which is judged
+    alone: if it kills the gateway again, no other photo was in progress to be blamed with it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._side_by_side = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextmanager
+    def turn(self, alone: bool) -> Iterator[None]:
+        with self._cond:
+            if alone:
+                self._waiting_alone += 1
+                self._cond.wait_for(lambda: not self._alone and self._side_by_side == 0)
+                self._waiting_alone -= 1
+                self._alone = True
+            else:
+                self._cond.wait_for(lambda: not self._alone and self._waiting_alone == 0)
+                self._side_by_side += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if alone:
+                    self._alone = False
+                else:
+                    self._side_by_side -= 1
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,7 @@ class GatewayService:
         self._in_flight: dict[PhotoKey, list[_Job]] = {}
         """Photos being judged, with the duplicates that arrived meanwhile (they get the same verdict)."""
         self._in_flight_lock = threading.Lock()
+        self._turns = _Turns()
         self._store_fault: str | None = None
         """The store's fault as last announced in the status."""
         self._unacked = 0
@@ -322,16 +360,23 @@ class GatewayService:
         verdict: VerdictMessage | None = None
         answer: StoredVerdict | None = None
         try:
-            judged = self._judge.judge(request)
-            verdict = judged.verdict
-            answer = StoredVerdict(verdict.to_json(), judged.recapture.to_json() if judged.recapture else None)
+            crashes = self._store.begin(key)  # left marked if this process dies judging it
+            if crashes >= POISON_AFTER_CRASHES:
+                log.error("poison_photo", site=request.site, device=request.device, image_id=request.image_id)
+                detail = f"the gateway died judging this photo {crashes} times: it is not judged again"
+                verdict, recapture = self._judge.error(request, Reason.POISON, detail), None
+            else:
+                with self._turns.turn(alone=crashes > 0):
+                    judged = self._judge.judge(request)
+                verdict, recapture = judged.verdict, judged.recapture
+            answer = StoredVerdict(verdict.to_json(), recapture.to_json() if recapture else None)
             if not _TRANSIENT.intersection(verdict.reasons):
                 self._store.put(key, answer.verdict, answer.recapture)  # before publishing: it survives a crash
         finally:
+            self._store.finish(key)
             with self._in_flight_lock:
                 jobs = self._in_flight.pop(key)
-            if verdict is None or answer is None:
-                self._metrics.error("worker_failed")
+            if verdict is None or answer is None:  # the exception goes on to _work, which logs it
                 verdict = self._judge.error(request, Reason.INTERNAL, "the gateway failed on this photo")
                 answer = StoredVerdict(verdict.to_json(), None)
             self._settle(jobs, answer, repeated=False)

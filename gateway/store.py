@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS verdicts (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS verdicts_by_age ON verdicts (decided_at);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS in_progress (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    payload_sha256 TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    PRIMARY KEY (site, device, image_id, payload_sha256)
+) WITHOUT ROWID;
 """
 
 
@@ -135,6 +144,31 @@ class VerdictStore:
                 self.prune()
         return stored
 
+    def begin(self, key: PhotoKey) -> int:
+        """Mark a photo as being judged; how many earlier judgements of it never finished (the gateway died in them).
+        0 when it cannot be written: a store that fails does not stop judging."""
+
+        def mark(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "INSERT INTO in_progress VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT DO UPDATE"
+                " SET attempts = attempts + 1, started_at = excluded.started_at RETURNING attempts",
+                (key.site, key.device, key.image_id, key.payload_sha256, time.time()),
+            ).fetchone()
+            return int(row[0]) - 1
+
+        return self._run("write", mark, 0)
+
+    def finish(self, key: PhotoKey) -> None:
+        """The judgement ``begin`` marked is over (whatever its verdict)."""
+        self._run(
+            "write",
+            lambda db: db.execute(
+                "DELETE FROM in_progress WHERE site = ? AND device = ? AND image_id = ? AND payload_sha256 = ?",
+                (key.site, key.device, key.image_id, key.payload_sha256),
+            ),
+            None,
+        )
+
     def probe(self) -> bool:
         """Try a write of some pages (the disk may have been freed), then take it back; True when the store works.
         A write of one page could still fit where a verdict does not."""
@@ -151,6 +185,7 @@ class VerdictStore:
 
         def delete(db: sqlite3.Connection) -> int:
             aged = db.execute("DELETE FROM verdicts WHERE decided_at < ?", (time.time() - self._max_age_s,))
+            db.execute("DELETE FROM in_progress WHERE started_at < ?", (time.time() - self._max_age_s,))
             over = db.execute(
                 "DELETE FROM verdicts WHERE decided_at <= "
                 "(SELECT decided_at FROM verdicts ORDER BY decided_at DESC LIMIT 1 OFFSET ?)",

@@ -70,3 +70,14 @@ def test_an_unwritable_store_falls_back_to_memory(tmp_path: Path) -> None:
     assert store.path is None
     store.put(key(1), b"v1", None)
     assert store.get(key(1)) == StoredVerdict(b"v1", None)
+
+
+def test_a_judgement_left_unfinished_is_counted_across_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "v.sqlite3"
+    store = VerdictStore(path, 3600, 1000)
+    assert store.begin(key(1)) == 0
+    store.close()  # the gateway died judging it
+    store = VerdictStore(path, 3600, 1000)
+    assert store.begin(key(1)) == 1 and store.begin(key(2)) == 0
+    store.finish(key(1))
+    assert store.begin(key(1)) == 0  # a judgement that finished is not held against the photo
