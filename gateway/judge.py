@@ -78,6 +78,10 @@ class Judge:
         self._long_side = analysis_long_side
         self._expiry = timedelta(seconds=recapture_expiry_s)
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
     def judge(self, request: PhotoRequest) -> Judged:
         started = time.monotonic()
         if _TEST_KILL_MARKER and _TEST_KILL_MARKER in request.payload:

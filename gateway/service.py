@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -97,14 +96,11 @@ class _Job:
 
 
 def _open_store(config: GatewayConfig) -> VerdictStore:
-    """The configured store; if its file cannot be opened, an in-memory one (duplicates are then recognised
-    only until a restart) rather than no gateway at all."""
-    path, settings = config.store.resolved_path(), config.store
-    try:
-        return VerdictStore(path, settings.max_age_s, settings.max_entries)
-    except (OSError, sqlite3.Error) as exc:
-        log.error("verdict_store_unavailable", path=str(path), error=str(exc), fallback="memory")
-        return VerdictStore(None, settings.max_age_s, settings.max_entries)
+    """The configured store (in memory, reported as a fault, while its file cannot be opened)."""
+    settings = config.store
+    return VerdictStore(
+        settings.resolved_path(), settings.max_age_s, settings.max_entries, settings.max_entries_per_device
+    )
 
 
 class GatewayService:
@@ -118,6 +114,7 @@ class GatewayService:
         self._config = config
         self._judge = judge
         self._store = store if store is not None else _open_store(config)
+        judge.policy.keep_runs_in(self._store)
         self._topics = Topics(config.topic_prefix)
         processing = config.processing
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=processing.queue_size)

@@ -43,6 +43,14 @@ CREATE TABLE IF NOT EXISTS verdicts (
     PRIMARY KEY (site, device, image_id, payload_sha256)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS verdicts_by_age ON verdicts (decided_at);
+CREATE INDEX IF NOT EXISTS verdicts_by_device ON verdicts (site, device, decided_at);
+CREATE TABLE IF NOT EXISTS runs (
+    site TEXT NOT NULL,
+    device TEXT NOT NULL,
+    run TEXT NOT NULL,
+    saved_at REAL NOT NULL,
+    PRIMARY KEY (site, device)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS in_progress (
     site TEXT NOT NULL,
@@ -54,6 +62,40 @@ CREATE TABLE IF NOT EXISTS in_progress (
     PRIMARY KEY (site, device, image_id, payload_sha256)
 ) WITHOUT ROWID;
 """
+
+
+def _connect(where: str) -> sqlite3.Connection:
+    """A connection with the schema in place; raises for a file that is not a sound database."""
+    db = sqlite3.connect(where, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        problem = db.execute("PRAGMA quick_check").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {problem}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file (not a database, or a malformed one), as opposed to one that cannot be reached or written."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is not None:
+        return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+    return not isinstance(exc, sqlite3.OperationalError)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a damaged database (and its WAL and shared-memory files) to ``<name>.damaged-<UTC time>``."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    for suffix in ("-wal", "-shm", ""):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            part.rename(aside.with_name(aside.name + suffix))
+    return aside
 
 
 @dataclass(frozen=True)
@@ -78,40 +120,73 @@ class StoredVerdict:
 class VerdictStore:
     """Thread-safe; one connection behind a lock (each call is a single indexed statement, well under 1 ms)."""
 
-    def __init__(self, path: Path | None, max_age_s: float, max_entries: int) -> None:
-        """``path`` None keeps the store in memory (duplicates are still recognised, but not across a restart)."""
+    def __init__(
+        self, path: Path | None, max_age_s: float, max_entries: int, max_per_device: int | None = None
+    ) -> None:
+        """``path`` None keeps the store in memory (duplicates are still recognised, but not across a restart).
+
+        A file that is damaged (a power cut on an SD card) is moved aside and a fresh one started; one that cannot
+        be opened at all leaves the store in memory, with ``fault`` saying why, until ``probe`` opens it."""
         self.path = path
         self._max_age_s = max_age_s
         self._max_entries = max_entries
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False, isolation_level=None)
+        self._max_per_device = max_per_device or max_entries
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
         self._puts = 0
         self._fault: str | None = None
+        """Why the last statement failed."""
+        self._open_fault: str | None = None
+        """Why the file is not in use (the store is in memory meanwhile)."""
+        self._damaged = False
+        self._db = self._open()
         self.prune()
+
+    def _open(self) -> sqlite3.Connection:
+        """The file's connection (a damaged file moved aside first); in memory, with ``_open_fault``, if it fails."""
+        if self.path is None:
+            return _connect(":memory:")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db = _connect(str(self.path))
+            except sqlite3.DatabaseError as exc:
+                if not _is_damage(exc):
+                    raise
+                aside = _move_aside(self.path)
+                log.error("verdict_store_damaged", path=str(self.path), error=str(exc), moved_to=str(aside))
+                db = _connect(str(self.path))
+        except (OSError, sqlite3.Error) as exc:
+            self._open_fault = f"the verdict store at {self.path} cannot be opened ({exc}): verdicts kept in memory"
+            log.error("verdict_store_unavailable", path=str(self.path), error=str(exc), fallback="memory")
+            return _connect(":memory:")
+        if self._open_fault is not None:
+            log.info("verdict_store_reopened", path=str(self.path))
+        self._open_fault, self._damaged = None, False
+        return db
+
+    @property
+    def in_memory(self) -> bool:
+        return self.path is None or self._open_fault is not None
 
     @property
     def fault(self) -> str | None:
-        """Why the last statement failed, None once one succeeds again."""
-        return self._fault
+        """Why the store cannot be used as configured, None while it works."""
+        return self._open_fault or self._fault
 
-    def _run(self, what: str, statement: Callable[[sqlite3.Connection], T], failed: T, writes: bool = True) -> T:
+    def _run(self, what: str, statement: Callable[[sqlite3.Connection], T], failed: T, clears: bool = False) -> T:
         """Run ``statement`` under the lock; on a database or disk error, record the fault and return ``failed``.
-        Only a write that succeeds clears the fault (reads still work on a full disk)."""
+        Only a probe clears the fault: reads, deletes that find nothing and small writes still work on a full disk
+        (in space that a failed write left in the WAL)."""
         with self._lock:
             try:
                 result = statement(self._db)
             except (sqlite3.Error, OSError) as exc:
+                self._damaged = self._damaged or (isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc))
                 if self._fault is None:
                     log.error("verdict_store_failed", path=str(self.path), during=what, error=str(exc))
                 self._fault = f"the verdict store at {self.path or 'memory'} cannot be used ({what}: {exc})"
                 return failed
-            if self._fault is not None and writes:
+            if self._fault is not None and clears:
                 log.info("verdict_store_recovered", path=str(self.path))
                 self._fault = None
             return result
@@ -125,7 +200,7 @@ class VerdictStore:
             ).fetchone()
             return StoredVerdict(bytes(row[0]), bytes(row[1]) if row[1] is not None else None) if row else None
 
-        return self._run("read", select, None, writes=False)
+        return self._run("read", select, None)
 
     def put(self, key: PhotoKey, verdict: bytes, recapture: bytes | None) -> bool:
         """Store a verdict; False if it could not be written (see ``fault``)."""
@@ -135,9 +210,17 @@ class VerdictStore:
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key.site, key.device, key.image_id, key.payload_sha256, time.time(), verdict, recapture),
             )
+            # the device's own quota: a device that floods the store evicts only its own oldest verdicts
+            db.execute(
+                "DELETE FROM verdicts WHERE site = ?1 AND device = ?2 AND decided_at <= (SELECT decided_at"
+                " FROM verdicts WHERE site = ?1 AND device = ?2 ORDER BY decided_at DESC LIMIT 1 OFFSET ?3)",
+                (key.site, key.device, self._max_per_device),
+            )
             return True
 
         stored = self._run("write", insert, False)
+        if stored and self._fault is not None:
+            self.probe()
         if stored:
             self._puts += 1
             if self._puts % 256 == 0:
@@ -169,6 +252,29 @@ class VerdictStore:
             None,
         )
 
+    def load_run(self, site: str, device: str, max_idle_s: float) -> str | None:
+        """A device's recapture run as saved (``save_run``), unless it was saved longer than ``max_idle_s`` ago."""
+
+        def select(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT run FROM runs WHERE site = ? AND device = ? AND saved_at >= ?",
+                (site, device, time.time() - max_idle_s),
+            ).fetchone()
+            return str(row[0]) if row else None
+
+        return self._run("read", select, None)
+
+    def save_run(self, site: str, device: str, run: str | None) -> None:
+        """Keep a device's recapture run across a restart; None: the run is over."""
+
+        def write(db: sqlite3.Connection) -> None:
+            if run is None:
+                db.execute("DELETE FROM runs WHERE site = ? AND device = ?", (site, device))
+            else:
+                db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", (site, device, run, time.time()))
+
+        self._run("write", write, None)
+
     def probe(self) -> bool:
         """Try a write of some pages (the disk may have been freed), then take it back; True when the store works.
         A write of one page could still fit where a verdict does not."""
@@ -177,15 +283,21 @@ class VerdictStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (bytes(_PROBE_BYTES),))
             db.execute("DELETE FROM meta WHERE name = 'probe'")
 
-        self._run("write", write, None)
-        return self._fault is None
+        if self._open_fault is not None or self._damaged:
+            with self._lock:
+                self._db.close()
+                self._db, self._fault = self._open(), None
+        self._run("write", write, None, clears=True)
+        return self.fault is None
 
     def prune(self) -> int:
-        """Drop verdicts older than the age limit and the oldest beyond the row limit; the number dropped."""
+        """Drop verdicts older than the age limit and the oldest beyond the row limit (all devices together: each
+        device's own quota is kept on every ``put``); the number dropped."""
 
         def delete(db: sqlite3.Connection) -> int:
             aged = db.execute("DELETE FROM verdicts WHERE decided_at < ?", (time.time() - self._max_age_s,))
             db.execute("DELETE FROM in_progress WHERE started_at < ?", (time.time() - self._max_age_s,))
+            db.execute("DELETE FROM runs WHERE saved_at < ?", (time.time() - self._max_age_s,))
             over = db.execute(
                 "DELETE FROM verdicts WHERE decided_at <= "
                 "(SELECT decided_at FROM verdicts ORDER BY decided_at DESC LIMIT 1 OFFSET ?)",
@@ -200,7 +312,7 @@ class VerdictStore:
 
     def __len__(self) -> int:
         count = "SELECT COUNT(*) FROM verdicts"
-        return self._run("count", lambda db: int(db.execute(count).fetchone()[0]), 0, writes=False)
+        return self._run("count", lambda db: int(db.execute(count).fetchone()[0]), 0)
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.store import PhotoKey, StoredVerdict, VerdictStore
 
 
@@ -60,16 +62,54 @@ def test_in_memory_store() -> None:
     assert store.get(key(1)) == StoredVerdict(b"v1", None)
 
 
-def test_an_unwritable_store_falls_back_to_memory(tmp_path: Path) -> None:
+def test_an_unwritable_store_falls_back_to_memory_and_says_so(tmp_path: Path) -> None:
     from gateway.config import parse_config
     from gateway.service import _open_store
 
     (tmp_path / "file").write_text("not a folder")
     config = parse_config(f"store:\n  path: {tmp_path / 'file' / 'v.sqlite3'}\n")
     store = _open_store(config)
-    assert store.path is None
+    assert store.in_memory and store.fault is not None and "cannot be opened" in store.fault
     store.put(key(1), b"v1", None)
     assert store.get(key(1)) == StoredVerdict(b"v1", None)
+    assert not store.probe() and store.fault is not None  # still no file: still degraded
+
+
+@pytest.mark.parametrize("damage", ["not a database", "a damaged page"])
+def test_a_damaged_file_is_moved_aside_and_a_fresh_one_started(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "v.sqlite3"
+    store = VerdictStore(path, 3600, 10_000)
+    for n in range(2000):
+        store.put(key(n), b"v" * 200, None)
+    store.close()
+    data = bytearray(path.read_bytes())
+    if damage == "not a database":
+        data[:100] = b"\xff" * 100
+    else:  # a power cut tore a page in the middle of the file
+        data[len(data) // 2 : len(data) // 2 + 4096] = b"\x17" * 4096
+    path.write_bytes(bytes(data))
+    store = VerdictStore(path, 3600, 10_000)
+    assert store.fault is None and not store.in_memory
+    [aside] = tmp_path.glob("v.sqlite3.damaged-*")
+    assert aside.read_bytes() == bytes(data)  # kept for a post-mortem
+    assert store.get(key(1)) is None and len(store) == 0  # a fresh store
+    store.put(key(1), b"v1", None)
+    store.close()
+    assert VerdictStore(path, 3600, 10_000).get(key(1)) == StoredVerdict(b"v1", None)
+
+
+def test_a_device_flooding_the_store_evicts_only_its_own_verdicts(tmp_path: Path) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite3", 3600, 100, max_per_device=40)
+    quiet = PhotoKey.of("site", "quiet", "img-1", b"jpeg")
+    store.put(quiet, b"kept", None)
+    for n in range(150):
+        store.put(PhotoKey.of("site", "flood", f"img-{n}", b"jpeg"), f"v{n}".encode(), None)
+        time.sleep(0.0005)  # distinct decision times
+    store.prune()
+    assert store.get(quiet) == StoredVerdict(b"kept", None)
+    assert len(store) == 41  # the flooding device keeps its newest 40
+    assert store.get(PhotoKey.of("site", "flood", "img-109", b"jpeg")) is None
+    assert store.get(PhotoKey.of("site", "flood", "img-110", b"jpeg")) == StoredVerdict(b"v110", None)
 
 
 def test_a_judgement_left_unfinished_is_counted_across_a_reopen(tmp_path: Path) -> None:

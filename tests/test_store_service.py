@@ -1,5 +1,6 @@
-"""The verdict store is a cache: a state disk that cannot be written (here a full tmpfs) never costs a verdict, an
-acknowledgement or a Receive Maximum slot; the status says ``degraded`` while it lasts and recovers by itself."""
+"""The verdict store in the running gateway. It is a cache: a state disk that cannot be written (here a full tmpfs)
+never costs a verdict, an acknowledgement or a Receive Maximum slot; the status says ``degraded`` while it lasts and
+recovers by itself. A damaged file is moved aside; a device's recapture run outlives a restart."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gateway.config import parse_config
 from gateway.judge import build_judge
 from gateway.scenes import SceneSpec, encode_jpeg, render
 from gateway.service import GatewayService
+from gateway.store import PhotoKey, VerdictStore
 from tests.conftest import Broker, Recorder
 
 STATUS = "colposcopy/gateways/gw-f/status"
@@ -75,19 +77,23 @@ def photos() -> list[bytes]:
     return [encode_jpeg(render(SceneSpec(width=800, height=600, seed=300 + n)).image) for n in range(30)]
 
 
+def gateway_settings(broker: Broker, store: Path, **processing: int) -> dict[str, Any]:
+    return {
+        "gateway_id": "gw-f",
+        "backend": "classical",
+        "broker": {"url": broker.url},
+        "processing": {"workers": 2, "queue_size": 4, **processing},
+        "store": {"path": str(store)},
+        "metrics": {"port": 0},
+    }
+
+
 def test_a_full_state_disk_costs_no_verdict_and_no_slot(
     tmp_path: Path, broker: Broker, recorder: Recorder, photos: list[bytes]
 ) -> None:
-    with tmpfs(tmp_path / "disk", "512k") as disk:
-        settings = {
-            "gateway_id": "gw-f",
-            "backend": "classical",
-            "broker": {"url": broker.url},
-            "processing": {"workers": 2, "queue_size": 4},  # Receive Maximum 2 x (4 + 2) = 12
-            "store": {"path": str(disk / "verdicts.sqlite3")},
-            "metrics": {"port": 0},
-        }
-        config = parse_config("", "<test>", settings)
+    with tmpfs(tmp_path / "disk", "8m") as disk:  # room for SQLite's WAL (up to 1000 pages before a checkpoint)
+        # Receive Maximum 2 x (4 + 2) = 12
+        config = parse_config("", "<test>", gateway_settings(broker, disk / "verdicts.sqlite3"))
         service = GatewayService(config, build_judge(config))
         service.start()
         try:
@@ -125,3 +131,51 @@ def test_a_full_state_disk_costs_no_verdict_and_no_slot(
                 assert service._settled.wait_for(lambda: service._unacked == 0, 10), service._unacked
         finally:
             service.stop()
+
+
+def test_a_damaged_store_on_a_read_only_disk_is_degraded_until_it_can_be_moved_aside(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        path = disk / "verdicts.sqlite3"
+        path.write_bytes(b"power cut " * 500)  # not a database any more
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        store = VerdictStore(path, 3600, 1000)
+        assert store.fault is not None and "cannot be opened" in store.fault and store.in_memory
+        key = PhotoKey.of("s", "d", "i", b"x")
+        assert store.put(key, b"v", None) and store.get(key) is not None  # in memory meanwhile
+        assert not store.probe() and store.fault is not None
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        assert store.probe() and store.fault is None and not store.in_memory
+        assert [p.name.split(".damaged-")[0] for p in disk.glob("*.damaged-*")] == ["verdicts.sqlite3"]
+        assert store.put(key, b"v", None) and store.get(key) is not None
+        store.close()
+        assert VerdictStore(path, 3600, 1000).get(key) is not None
+
+
+def test_a_restart_keeps_each_devices_recapture_run(tmp_path: Path, broker: Broker, recorder: Recorder) -> None:
+    scenes = [SceneSpec(width=800, height=600, blur="defocus", blur_px=9, seed=400 + n) for n in range(4)]
+    blurred = [encode_jpeg(render(scene).image) for scene in scenes]
+    settings = gateway_settings(broker, tmp_path / "verdicts.sqlite3")
+    config = parse_config("", "<test>", {**settings, "policy": {"max_consecutive_recaptures": 2}})
+
+    def judge(n: int) -> dict[str, Any]:
+        recorder.client.publish("colposcopy/s/d/images", blurred[n], qos=1, properties=image_props(f"b{n}"))
+        recorder.wait_for(n + 1, VERDICTS, 30)
+        return json.loads(verdicts(recorder)[f"b{n}"][0])
+
+    service = GatewayService(config, build_judge(config))
+    service.start()
+    try:
+        assert service.connected.wait(10)
+        assert [judge(n)["verdict"] for n in (0, 1)] == ["recapture", "recapture"]
+    finally:
+        service.stop()
+    service = GatewayService(config, build_judge(config))  # a restart: a new process would start the same way
+    service.start()
+    try:
+        assert service.connected.wait(10)
+        third = judge(2)  # the operator's third try: the run goes on, the photo is accepted at the limit
+        assert third["verdict"] == "accept" and third["reasons"][0] == "recapture_limit", third
+        assert third["best_image_id"] in ("b0", "b1", "b2")
+        assert judge(3)["verdict"] == "recapture"  # a new run
+    finally:
+        service.stop()
