@@ -133,7 +133,9 @@ class StoreConfig(_Section):
         description="SQLite file of the verdicts decided (a duplicate gets the same answer); unset: "
         "<state dir>/verdicts.sqlite3",
     )
-    max_age_s: float = Field(default=86400, gt=0, description="Forget verdicts older than this")
+    max_age_s: float = Field(
+        default=86400, gt=0, description="Forget verdicts older than this (by a clock that NTP steps do not move)"
+    )
     max_entries: int = Field(default=100_000, ge=100, description="Keep at most this many verdicts")
     max_entries_per_device: int = Field(
         default=10_000,

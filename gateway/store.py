@@ -7,6 +7,12 @@ photo. The verdict is written here before it is published, so a gateway killed b
 SQLite in WAL mode with ``synchronous=NORMAL``: a committed verdict survives a crash of the process (SIGKILL, OOM);
 after a power cut the last few commits may be lost, never the database. Bounded by age and by row count.
 
+Ages are counted on the store's own clock, which does not jump when the wall clock is stepped (a Jetson without a
+battery-backed clock boots in the past, then NTP steps it): it runs on ``CLOCK_BOOTTIME`` and is saved in the file;
+a restart in the same boot goes on by the boot time elapsed, one after a reboot by the wall-clock time the gateway
+was down, never backwards. Rows dated after the clock (written by an older version by a clock then ahead) are
+re-dated to it.
+
 The store is a cache, not the truth: a statement that fails (full disk, read-only, I/O error, a lock) never raises.
 A failed read finds nothing, a failed write is dropped; ``fault`` then says why (the gateway reports ``degraded``)
 until a statement succeeds again (``probe`` tries one while no photo comes).
@@ -15,6 +21,7 @@ until a statement succeeds again (``probe`` tries one while no photo comes).
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 import time
@@ -62,6 +69,22 @@ CREATE TABLE IF NOT EXISTS in_progress (
     PRIMARY KEY (site, device, image_id, payload_sha256)
 ) WITHOUT ROWID;
 """
+
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def _boot_id() -> str:
+    """Changes at every boot (Linux); empty where unknown, which counts as another boot."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _boot_time() -> float:
+    """Seconds since boot, suspend included; never stepped by NTP or by hand."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 
 def _connect(where: str) -> sqlite3.Connection:
@@ -138,8 +161,41 @@ class VerdictStore:
         self._open_fault: str | None = None
         """Why the file is not in use (the store is in memory meanwhile)."""
         self._damaged = False
+        self._clock_base = (0.0, _boot_time())
+        """(store time, boot time) at the clock's start: ``now`` adds the boot time elapsed since."""
         self._db = self._open()
+        self._run("clock", lambda db: self._start_clock(db, time.time()), None)
         self.prune()
+
+    def now(self) -> float:
+        """The store's clock (seconds): what rows are dated and aged by."""
+        base, at = self._clock_base
+        return base + max(0.0, _boot_time() - at)
+
+    def _start_clock(self, db: sqlite3.Connection, unsaved: float) -> None:
+        """Set the clock from the one saved in the file, else to ``unsaved``; re-date rows dated after it."""
+        saved_text = db.execute("SELECT value FROM meta WHERE name = 'clock'").fetchone()
+        wall, boot = time.time(), _boot_time()
+        start = unsaved  # a new file, or one written by an older version that dated rows by the wall clock
+        try:
+            saved = json.loads(saved_text[0]) if saved_text is not None else None
+            if saved is not None and saved["boot_id"] == _boot_id():
+                start = float(saved["now"]) + max(0.0, boot - float(saved["boot_time"]))
+            elif saved is not None:
+                start = float(saved["now"]) + max(0.0, wall - float(saved["wall"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("verdict_store_clock_unreadable", path=str(self.path))
+        self._clock_base = (start, boot)
+        redated = 0
+        for table, column in (("verdicts", "decided_at"), ("in_progress", "started_at"), ("runs", "saved_at")):
+            redated += db.execute(f"UPDATE {table} SET {column} = ?1 WHERE {column} > ?1", (start,)).rowcount
+        if redated:
+            log.warning("verdict_store_redated", rows=redated, why="dated after the store's clock")
+        self._save_clock(db)
+
+    def _save_clock(self, db: sqlite3.Connection) -> None:
+        clock = {"now": self.now(), "boot_time": _boot_time(), "boot_id": _boot_id(), "wall": time.time()}
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (json.dumps(clock),))
 
     def _open(self) -> sqlite3.Connection:
         """The file's connection (a damaged file moved aside first); in memory, with ``_open_fault``, if it fails."""
@@ -196,7 +252,7 @@ class VerdictStore:
             row = db.execute(
                 "SELECT verdict, recapture FROM verdicts"
                 " WHERE site = ? AND device = ? AND image_id = ? AND payload_sha256 = ? AND decided_at >= ?",
-                (key.site, key.device, key.image_id, key.payload_sha256, time.time() - self._max_age_s),
+                (key.site, key.device, key.image_id, key.payload_sha256, self.now() - self._max_age_s),
             ).fetchone()
             return StoredVerdict(bytes(row[0]), bytes(row[1]) if row[1] is not None else None) if row else None
 
@@ -208,7 +264,7 @@ class VerdictStore:
         def insert(db: sqlite3.Connection) -> bool:
             db.execute(
                 "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (key.site, key.device, key.image_id, key.payload_sha256, time.time(), verdict, recapture),
+                (key.site, key.device, key.image_id, key.payload_sha256, self.now(), verdict, recapture),
             )
             # the device's own quota: a device that floods the store evicts only its own oldest verdicts
             db.execute(
@@ -216,6 +272,7 @@ class VerdictStore:
                 " FROM verdicts WHERE site = ?1 AND device = ?2 ORDER BY decided_at DESC LIMIT 1 OFFSET ?3)",
                 (key.site, key.device, self._max_per_device),
             )
+            self._save_clock(db)
             return True
 
         stored = self._run("write", insert, False)
@@ -235,7 +292,7 @@ class VerdictStore:
             row = db.execute(
                 "INSERT INTO in_progress VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT DO UPDATE"
                 " SET attempts = attempts + 1, started_at = excluded.started_at RETURNING attempts",
-                (key.site, key.device, key.image_id, key.payload_sha256, time.time()),
+                (key.site, key.device, key.image_id, key.payload_sha256, self.now()),
             ).fetchone()
             return int(row[0]) - 1
 
@@ -258,7 +315,7 @@ class VerdictStore:
         def select(db: sqlite3.Connection) -> str | None:
             row = db.execute(
                 "SELECT run FROM runs WHERE site = ? AND device = ? AND saved_at >= ?",
-                (site, device, time.time() - max_idle_s),
+                (site, device, self.now() - max_idle_s),
             ).fetchone()
             return str(row[0]) if row else None
 
@@ -271,7 +328,7 @@ class VerdictStore:
             if run is None:
                 db.execute("DELETE FROM runs WHERE site = ? AND device = ?", (site, device))
             else:
-                db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", (site, device, run, time.time()))
+                db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)", (site, device, run, self.now()))
 
         self._run("write", write, None)
 
@@ -284,9 +341,11 @@ class VerdictStore:
             db.execute("DELETE FROM meta WHERE name = 'probe'")
 
         if self._open_fault is not None or self._damaged:
+            running = self.now()
             with self._lock:
                 self._db.close()
                 self._db, self._fault = self._open(), None
+            self._run("clock", lambda db: self._start_clock(db, running), None)
         self._run("write", write, None, clears=True)
         return self.fault is None
 
@@ -295,9 +354,9 @@ class VerdictStore:
         device's own quota is kept on every ``put``); the number dropped."""
 
         def delete(db: sqlite3.Connection) -> int:
-            aged = db.execute("DELETE FROM verdicts WHERE decided_at < ?", (time.time() - self._max_age_s,))
-            db.execute("DELETE FROM in_progress WHERE started_at < ?", (time.time() - self._max_age_s,))
-            db.execute("DELETE FROM runs WHERE saved_at < ?", (time.time() - self._max_age_s,))
+            aged = db.execute("DELETE FROM verdicts WHERE decided_at < ?", (self.now() - self._max_age_s,))
+            db.execute("DELETE FROM in_progress WHERE started_at < ?", (self.now() - self._max_age_s,))
+            db.execute("DELETE FROM runs WHERE saved_at < ?", (self.now() - self._max_age_s,))
             over = db.execute(
                 "DELETE FROM verdicts WHERE decided_at <= "
                 "(SELECT decided_at FROM verdicts ORDER BY decided_at DESC LIMIT 1 OFFSET ?)",

@@ -121,3 +121,73 @@ def test_a_judgement_left_unfinished_is_counted_across_a_reopen(tmp_path: Path) 
     assert store.begin(key(1)) == 1 and store.begin(key(2)) == 0
     store.finish(key(1))
     assert store.begin(key(1)) == 0  # a judgement that finished is not held against the photo
+
+
+@pytest.fixture
+def wall_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Steps the wall clock (``time.time``) by the seconds held in the returned list, as NTP or a person would."""
+    step = [0.0]
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + step[0])
+    return step
+
+
+DAY = 86400.0
+
+
+def test_a_wall_clock_step_forward_forgets_no_verdict(tmp_path: Path, wall_clock: list[float]) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite3", 3600, 1000)
+    store.put(key(1), b"v1", None)
+    wall_clock[0] = 2 * DAY  # NTP steps a box that booted in the past forward, far beyond store.max_age_s
+    assert store.get(key(1)) == StoredVerdict(b"v1", None)
+    assert store.prune() == 0 and len(store) == 1
+    store.close()
+    again = VerdictStore(tmp_path / "v.sqlite3", 3600, 1000)  # and a restart in the same boot after the step
+    assert again.get(key(1)) == StoredVerdict(b"v1", None)
+
+
+def test_a_wall_clock_step_backward_leaves_no_row_in_the_future(tmp_path: Path, wall_clock: list[float]) -> None:
+    store = VerdictStore(tmp_path / "v.sqlite3", 30 * DAY, 100)
+    for n in range(100):
+        store.put(key(n), f"v{n}".encode(), None)
+    wall_clock[0] = -10 * DAY
+    for n in range(100, 200):
+        store.put(key(n), f"v{n}".encode(), None)
+    store.prune()
+    kept = [n for n in range(200) if store.get(key(n)) is not None]
+    assert kept == list(range(100, 200))  # the newest are kept, not the rows dated before the step
+
+
+def test_rows_dated_in_the_future_are_redated_and_a_reboot_in_the_past_keeps_the_verdicts(
+    tmp_path: Path, wall_clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "v.sqlite3"
+    old = sqlite3.connect(path)  # a store written by an older version while the clock was 10 days ahead
+    old.executescript(
+        "CREATE TABLE verdicts (site TEXT NOT NULL, device TEXT NOT NULL, image_id TEXT NOT NULL,"
+        " payload_sha256 TEXT NOT NULL, decided_at REAL NOT NULL, verdict BLOB NOT NULL, recapture BLOB,"
+        " PRIMARY KEY (site, device, image_id, payload_sha256)) WITHOUT ROWID;"
+    )
+    k = key(1)
+    ahead = time.time() + 10 * DAY
+    old.execute("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?, NULL)", (*vars(k).values(), ahead, b"v"))
+    old.commit()
+    old.close()
+    store = VerdictStore(path, 3600, 1000)
+    assert store.get(k) == StoredVerdict(b"v", None)
+    with sqlite3.connect(path) as db:
+        [(decided_at,)] = db.execute("SELECT decided_at FROM verdicts").fetchall()
+    assert decided_at <= store.now()  # re-dated: it ages from now like any other row
+    store.close()
+
+    from gateway import store as store_module
+
+    monkeypatch.setattr(store_module, "_boot_id", lambda: "another boot")
+    wall_clock[0] = -365 * DAY  # the box reboots without a battery-backed clock: a year in the past
+    again = VerdictStore(path, 3600, 1000)
+    assert again.get(k) == StoredVerdict(b"v", None)
+    again.put(key(2), b"v2", None)
+    wall_clock[0] = 0.0  # then NTP steps it forward by a year
+    assert again.get(k) == StoredVerdict(b"v", None) and again.get(key(2)) == StoredVerdict(b"v2", None)
