@@ -133,8 +133,21 @@ class StoreConfig(_Section):
         description="SQLite file of the verdicts decided (a duplicate gets the same answer); unset: "
         "<state dir>/verdicts.sqlite3",
     )
-    max_age_s: float = Field(default=86400, gt=0, description="Forget verdicts older than this")
+    max_age_s: float = Field(
+        default=86400, gt=0, description="Forget verdicts older than this (by a clock that NTP steps do not move)"
+    )
     max_entries: int = Field(default=100_000, ge=100, description="Keep at most this many verdicts")
+    max_entries_per_device: int = Field(
+        default=10_000,
+        ge=10,
+        description="Keep at most this many verdicts of one device, so that one device cannot evict another's",
+    )
+
+    @model_validator(mode="after")
+    def _quota_within_total(self) -> StoreConfig:
+        if self.max_entries_per_device > self.max_entries:
+            raise ValueError("max_entries_per_device must not exceed max_entries")
+        return self
 
     def resolved_path(self) -> Path:
         return self.path or default_state_dir() / "verdicts.sqlite3"

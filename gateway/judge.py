@@ -6,6 +6,8 @@ bad bytes give an ``error`` verdict with a reason, and an unexpected failure giv
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -31,6 +33,10 @@ from gateway.protocol import (
 )
 
 log = structlog.get_logger(__name__)
+
+_TEST_KILL_MARKER = os.environ.get("COLPOSCOPY_GATEWAY_TEST_KILL_MARKER", "").encode()
+"""Tests only (unset in service): a photo whose bytes hold this marker kills the process at decode with SIGKILL, as
+a decoder crash or the OOM killer would."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,14 @@ class Judge:
         self._long_side = analysis_long_side
         self._expiry = timedelta(seconds=recapture_expiry_s)
 
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
     def judge(self, request: PhotoRequest) -> Judged:
         started = time.monotonic()
+        if _TEST_KILL_MARKER and _TEST_KILL_MARKER in request.payload:
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             decoded = decode(request.payload, self._limits, self._long_side)
         except DecodeError as exc:

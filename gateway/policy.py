@@ -2,16 +2,18 @@
 
 The operator is never stuck: a focus score just under the threshold is accepted with ``borderline_focus``,
 and after ``max_consecutive_recaptures`` recapture requests in a row for one device the next photo is
-accepted with ``recapture_limit``, naming the best photo of the run in ``best_image_id``.
+accepted with ``recapture_limit``, naming the best photo of the run in ``best_image_id``. With a ``RunBook`` (the
+verdict store), each device's run is kept there too, so that a restart does not reset the operator's count.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from gateway.assessment import Assessment
 from gateway.config import PolicyConfig
@@ -47,6 +49,28 @@ class _Run:
     last_seen: float = 0.0
 
 
+class RunBook(Protocol):
+    """Where runs outlive the process: a device's run as opaque text, forgotten when idle past ``max_idle_s``."""
+
+    def load_run(self, site: str, device: str, max_idle_s: float) -> str | None: ...
+
+    def save_run(self, site: str, device: str, run: str | None) -> None: ...
+
+
+def _run_text(run: _Run) -> str:
+    return json.dumps({"recaptures": run.recaptures, "best": run.best_image_id, "quality": run.best_quality})
+
+
+def _run_from(text: str, now: float) -> _Run | None:
+    try:
+        saved = json.loads(text)
+        cervix, exposure, sharp = saved["quality"]
+        quality = (bool(cervix), bool(exposure), float(sharp))
+        return _Run(int(saved["recaptures"]), saved["best"], quality, now)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _quality(assessment: Assessment) -> tuple[bool, bool, float]:
     """Orders photos of a run: cervix found first, then well exposed, then sharper."""
     exposure_ok = not (assessment.exposure.too_dark or assessment.exposure.overexposed)
@@ -54,13 +78,22 @@ def _quality(assessment: Assessment) -> tuple[bool, bool, float]:
 
 
 class Policy:
-    """Thread-safe; holds the per-device run state (in memory: a restart starts new runs)."""
+    """Thread-safe; holds the per-device run state (in memory, and in a ``RunBook`` once given one)."""
 
     def __init__(self, config: PolicyConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._clock = clock
         self._runs: dict[DeviceKey, _Run] = {}
         self._lock = threading.Lock()
+        self._book: RunBook | None = None
+
+    def keep_runs_in(self, book: RunBook) -> None:
+        """Save each device's run in ``book`` and take it from there after a restart."""
+        self._book = book
+
+    def _save(self, device: DeviceKey, run: _Run | None) -> None:
+        if self._book is not None:
+            self._book.save_run(*device, _run_text(run) if run else None)
 
     def decide(self, device: DeviceKey | None, image_id: str, assessment: Assessment) -> Decision:
         """Decide one photo; ``device`` None judges it alone (no run, as ``check`` does)."""
@@ -81,6 +114,7 @@ class Policy:
             if device is not None:
                 with self._lock:
                     self._runs.pop(device, None)
+                    self._save(device, None)
             return Decision(Outcome.ACCEPT, borderline, label)
         if device is None:
             return Decision(Outcome.RECAPTURE, reasons, label, [GUIDANCE[r] for r in reasons])
@@ -98,16 +132,26 @@ class Policy:
         quality = _quality(assessment)
         with self._lock:
             self._forget_idle(now)
-            run = self._runs.setdefault(device, _Run())
+            run = self._runs.get(device) or self._saved_run(device, now) or _Run()
+            self._runs[device] = run
             run.last_seen = now
             if quality > run.best_quality:
                 run.best_quality, run.best_image_id = quality, image_id
             if run.recaptures >= self._config.max_consecutive_recaptures:
                 best = run.best_image_id
                 del self._runs[device]
+                self._save(device, None)
                 return Decision(Outcome.ACCEPT, [Reason.RECAPTURE_LIMIT, *reasons], label, best_image_id=best)
             run.recaptures += 1
+            self._save(device, run)
         return Decision(Outcome.RECAPTURE, reasons, label, [GUIDANCE[r] for r in reasons])
+
+    def _saved_run(self, device: DeviceKey, now: float) -> _Run | None:
+        """The run kept in the book (from before a restart), if not idle past the run timeout."""
+        if self._book is None:
+            return None
+        text = self._book.load_run(*device, self._config.run_timeout_s)
+        return _run_from(text, now) if text is not None else None
 
     def _forget_idle(self, now: float) -> None:
         """Drop runs of devices idle past the run timeout (bounds memory; caller holds the lock)."""

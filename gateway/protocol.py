@@ -54,6 +54,7 @@ class Reason(str, Enum):
     BUSY = "busy"
     BAD_IMAGE_ID = "bad_image_id"
     INTERNAL = "internal"
+    POISON = "poison"
 
 
 class TopicError(ValueError):

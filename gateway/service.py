@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import queue
-import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +51,42 @@ IMAGE_ID_PROPERTY = "image-id"
 _TRANSIENT = frozenset({Reason.BUSY, Reason.INTERNAL})
 
 
+POISON_AFTER_CRASHES = 2
+"""A photo the gateway died judging this many times is answered ``poison`` instead of being judged again."""
+
+
+class _Turns:
+    """Photos are judged side by side, except a suspect (one being judged when the gateway died), which is judged
+    alone: if it kills the gateway again, no other photo was in progress to be blamed with it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._side_by_side = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @contextmanager
+    def turn(self, alone: bool) -> Iterator[None]:
+        with self._cond:
+            if alone:
+                self._waiting_alone += 1
+                self._cond.wait_for(lambda: not self._alone and self._side_by_side == 0)
+                self._waiting_alone -= 1
+                self._alone = True
+            else:
+                self._cond.wait_for(lambda: not self._alone and self._waiting_alone == 0)
+                self._side_by_side += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if alone:
+                    self._alone = False
+                else:
+                    self._side_by_side -= 1
+                self._cond.notify_all()
+
+
 @dataclass(frozen=True)
 class _Job:
     request: PhotoRequest
@@ -60,14 +96,11 @@ class _Job:
 
 
 def _open_store(config: GatewayConfig) -> VerdictStore:
-    """The configured store; if its file cannot be opened, an in-memory one (duplicates are then recognised
-    only until a restart) rather than no gateway at all."""
-    path, settings = config.store.resolved_path(), config.store
-    try:
-        return VerdictStore(path, settings.max_age_s, settings.max_entries)
-    except (OSError, sqlite3.Error) as exc:
-        log.error("verdict_store_unavailable", path=str(path), error=str(exc), fallback="memory")
-        return VerdictStore(None, settings.max_age_s, settings.max_entries)
+    """The configured store (in memory, reported as a fault, while its file cannot be opened)."""
+    settings = config.store
+    return VerdictStore(
+        settings.resolved_path(), settings.max_age_s, settings.max_entries, settings.max_entries_per_device
+    )
 
 
 class GatewayService:
@@ -81,6 +114,7 @@ class GatewayService:
         self._config = config
         self._judge = judge
         self._store = store if store is not None else _open_store(config)
+        judge.policy.keep_runs_in(self._store)
         self._topics = Topics(config.topic_prefix)
         processing = config.processing
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=processing.queue_size)
@@ -91,6 +125,9 @@ class GatewayService:
         self._in_flight: dict[PhotoKey, list[_Job]] = {}
         """Photos being judged, with the duplicates that arrived meanwhile (they get the same verdict)."""
         self._in_flight_lock = threading.Lock()
+        self._turns = _Turns()
+        self._store_fault: str | None = None
+        """The store's fault as last announced in the status."""
         self._unacked = 0
         self._settled = threading.Condition()
         self._stopping = threading.Event()
@@ -140,6 +177,8 @@ class GatewayService:
             return f"connecting to the broker at {self._config.broker.url}"
         slot = self._judge.pipeline.slot
         degraded = f" (degraded: {slot.reason})" if slot.state == "degraded" else ""
+        if self._store.fault is not None:
+            degraded += f" (degraded: {self._store.fault})"
         building = "" if slot.wait_settled(0) else "; building TensorRT engines in the background"
         return f"serving: {slot.current.name}{degraded}, {self._metrics.decided()} photos judged{building}"
 
@@ -190,6 +229,9 @@ class GatewayService:
     def _status(self, state: Literal["online", "offline", "degraded"]) -> Outgoing:
         slot = self._judge.pipeline.slot
         backend = slot.current
+        why = [slot.reason] if slot.state == "degraded" else []
+        if state != "offline" and self._store.fault is not None:
+            state, why = "degraded", [*why, self._store.fault]
         message = StatusMessage(
             gateway_id=self._config.gateway_id,
             state=state,
@@ -197,7 +239,7 @@ class GatewayService:
             backend=backend.name,
             models=dict(backend.models),
             since=self._since,
-            detail=slot.reason if state == "degraded" else None,
+            detail="; ".join(why) if state == "degraded" else None,
         )
         return Outgoing(self._status_topic, message.to_json(), retain=True)
 
@@ -282,19 +324,24 @@ class GatewayService:
             try:
                 job = self._queue.get(timeout=self._notifier.heartbeat_s)
             except queue.Empty:
+                self._watch_store(idle=True)
                 continue
             if job is None:
                 self._notifier.forget(worker)
                 return
             try:
                 self._answer(job)
-            except Exception:  # a worker must outlive any one photo
+            except Exception:  # a worker must outlive any one photo (_answer has answered it)
                 log.exception("worker_failed", image_id=job.request.image_id)
                 self._metrics.error("worker_failed")
-                self._reply(job, self._judge.error(job.request, Reason.INTERNAL, "the gateway failed on this photo"))
+            self._watch_store(idle=False)
 
     def _answer(self, job: _Job) -> None:
-        """Judge a photo once: a photo already answered gets its stored verdict, one being judged waits for it."""
+        """Judge a photo once: a photo already answered gets its stored verdict, one being judged waits for it.
+
+        Whatever happens, every job taken here (the photo and the duplicates that waited on it) is answered and so
+        acknowledged: the store is only a cache, and a photo never answered holds a Receive Maximum slot forever.
+        """
         request = job.request
         key = PhotoKey(request.site, request.device, request.image_id, job.photo.payload_sha256)
         with self._in_flight_lock:
@@ -305,20 +352,56 @@ class GatewayService:
                     return
                 self._in_flight[key] = [job]
         if stored is not None:
-            self._send(job, stored, duplicate=True)
+            self._settle([job], stored, repeated=True)
             return
+        verdict: VerdictMessage | None = None
+        answer: StoredVerdict | None = None
         try:
-            judged = self._judge.judge(request)
-            verdict = judged.verdict
-            answer = StoredVerdict(verdict.to_json(), judged.recapture.to_json() if judged.recapture else None)
+            crashes = self._store.begin(key)  # left marked if this process dies judging it
+            if crashes >= POISON_AFTER_CRASHES:
+                log.error("poison_photo", site=request.site, device=request.device, image_id=request.image_id)
+                detail = f"the gateway died judging this photo {crashes} times: it is not judged again"
+                verdict, recapture = self._judge.error(request, Reason.POISON, detail), None
+            else:
+                with self._turns.turn(alone=crashes > 0):
+                    judged = self._judge.judge(request)
+                verdict, recapture = judged.verdict, judged.recapture
+            answer = StoredVerdict(verdict.to_json(), recapture.to_json() if recapture else None)
             if not _TRANSIENT.intersection(verdict.reasons):
                 self._store.put(key, answer.verdict, answer.recapture)  # before publishing: it survives a crash
         finally:
+            self._store.finish(key)
             with self._in_flight_lock:
                 jobs = self._in_flight.pop(key)
-        for n, each in enumerate(jobs):
-            self._send(each, answer, duplicate=n > 0)
-        self._log(job, verdict)
+            if verdict is None or answer is None:  # the exception goes on to _work, which logs it
+                verdict = self._judge.error(request, Reason.INTERNAL, "the gateway failed on this photo")
+                answer = StoredVerdict(verdict.to_json(), None)
+            self._settle(jobs, answer, repeated=False)
+            self._log(job, verdict)
+
+    def _settle(self, jobs: list[_Job], answer: StoredVerdict, repeated: bool) -> None:
+        """Send ``answer`` to each job (all but the first are duplicates, the first too when ``repeated``); one that
+        cannot be published is acknowledged anyway (logged), so that it does not hold a Receive Maximum slot."""
+        for n, job in enumerate(jobs):
+            try:
+                self._send(job, answer, duplicate=repeated or n > 0)
+            except Exception:
+                log.exception("verdict_not_published", image_id=job.request.image_id)
+                self._acknowledge(job.photo)
+
+    def _watch_store(self, idle: bool) -> None:
+        """Republish the status when the verdict store fails or recovers; while idle and failing, probe it."""
+        if idle and self._store.fault is not None:
+            self._store.probe()
+        fault = self._store.fault
+        with self._in_flight_lock:
+            if fault == self._store_fault:
+                return
+            self._store_fault = fault
+        if fault is not None:
+            log.warning("status_degraded", detail=fault)
+        if self._transport.connected.is_set():
+            self._announce()
 
     def _send(self, job: _Job, answer: StoredVerdict, duplicate: bool) -> None:
         """Publish the verdict (and recapture request); acknowledge the photo once the broker has both."""
@@ -333,8 +416,8 @@ class GatewayService:
             log.info("verdict_repeated", site=request.site, device=request.device, image_id=request.image_id)
 
     def _reply(self, job: _Job, verdict: VerdictMessage) -> None:
-        """An error verdict decided without judging (busy, bad image id, internal): not stored."""
-        self._send(job, StoredVerdict(verdict.to_json(), None), duplicate=False)
+        """An error verdict decided without judging (busy, bad image id): not stored."""
+        self._settle([job], StoredVerdict(verdict.to_json(), None), repeated=False)
         self._log(job, verdict)
 
     def _ack_after(self, photo: IncomingPhoto, deliveries: int) -> Callable[[], None]:
