@@ -10,22 +10,24 @@ Order of work in :func:`decode`, cheapest and most defensive first:
    structure (the entropy-coded data is scanned for markers; an ``FFD9`` inside an Exif thumbnail
    does not count), a PNG must reach its IEND chunk with valid CRCs on its critical chunks.
    Truncated photos are refused as ``undecodable``: a health worker must never get a verdict on half
-   a photo. (OpenCV 5.0 itself refuses a JPEG without EOI; older builds may return the partial image.) Not
-   detectable this way: damage *inside* JPEG entropy-coded data while the EOI is intact (bit flips, a
-   missing middle piece); libjpeg conceals it with a warning on stderr and we return the image;
-4. ``cv2.imdecode``; JPEGs use libjpeg's DCT scaling (``IMREAD_REDUCED_COLOR_2/4/8``) when the
-   caller only needs ``min_long_side`` pixels on the long side;
+   a photo;
+4. the decoder. JPEG: libjpeg-turbo's TurboJPEG API (``PyTurboJPEG``) with ``TJFLAG_STOPONWARNING``, so
+   damage *inside* the entropy-coded data while the EOI is intact (a missing or zeroed middle piece), which
+   libjpeg would conceal with grey or colour-shifted bands and a warning, is ``undecodable`` (a single flipped
+   byte usually resynchronises unseen and spoils only a few blocks: not detectable without a checksum);
+   its DCT scaling decodes at 1/2, 1/4 or 1/8 directly when the caller only needs ``min_long_side``
+   pixels on the long side. PNG: ``cv2.imdecode``;
 5. normalisation to HxWx3 ``uint8`` BGR and the EXIF orientation.
 
-OpenCV (verified on 5.0.0) applies the EXIF orientation itself in ``IMREAD_COLOR`` *and* in the
-``IMREAD_REDUCED_COLOR_*`` modes. To apply it exactly once whatever the installed version does, we
-always pass ``IMREAD_IGNORE_ORIENTATION`` and apply the orientation parsed by :func:`read_header`
-ourselves; the decoded size is checked against the header so a decoder that rotated anyway is caught.
-PNG orientation is always 1 (an ``eXIf`` chunk is ignored).
+TurboJPEG never applies the EXIF orientation; we apply the orientation parsed by :func:`read_header`
+exactly once ourselves (the same mapping as OpenCV's own), and the decoded size is checked against the
+header. PNG is decoded with ``IMREAD_IGNORE_ORIENTATION``: its orientation is always 1 (an ``eXIf`` chunk
+is ignored).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zlib
@@ -35,6 +37,7 @@ from typing import Final, Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
+from turbojpeg import TJFLAG_STOPONWARNING, TJPF_BGR, TJPF_CMYK, TurboJPEG
 
 __all__ = [
     "DecodeError",
@@ -125,21 +128,16 @@ _JPEG_MAX_SEGMENTS: Final = 2000
 
 # Valid PNG (colour type -> bit depths).
 _PNG_DEPTHS: Final = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _PNG_MAX_CHUNK: Final = 2**31 - 1
 
-_JPEG_FLAGS: Final = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 _PNG_FLAGS: Final = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH  # keep 16 bits; we scale with rounding
 
 
 def _quiet_opencv() -> None:
-    """Lower OpenCV's own log level to ERROR (never raise it). libjpeg/libpng write some warnings
-    straight to the C stderr; those cannot be silenced per call, but the structural checks above
-    keep truncated files (the usual source) away from the decoders."""
+    """Lower OpenCV's own log level to ERROR (never raise it). libpng writes some warnings straight to
+    the C stderr; those cannot be silenced per call, but the structural checks above keep truncated
+    files (the usual source) away from the decoder."""
     try:
         logging = cv2.utils.logging
         if logging.getLogLevel() > logging.LOG_LEVEL_ERROR:
@@ -149,6 +147,36 @@ def _quiet_opencv() -> None:
 
 
 _quiet_opencv()
+
+
+class _TurboJPEGError(Exception):
+    """libjpeg-turbo refused the data: a fatal error, or a warning (corrupt data) under stop-on-warning."""
+
+
+class _StrictTurboJPEG(TurboJPEG):  # type: ignore[misc]
+    """PyTurboJPEG (1.x) only *warns* (``warnings.warn``) when libjpeg-turbo fails with a warning, even under
+    ``TJFLAG_STOPONWARNING``, and returns the half-filled image. Warning filters are process-wide, so they
+    cannot be switched per call from worker threads; its error report is overridden to raise instead."""
+
+    def _TurboJPEG__report_error(self, handle: object) -> None:
+        raise _TurboJPEGError(self._TurboJPEG__get_error_string(handle))
+
+
+@functools.cache
+def _turbojpeg() -> TurboJPEG:
+    """The TurboJPEG library, loaded once (each call makes its own handle, so threads can share it)."""
+    try:
+        return _StrictTurboJPEG()
+    except (OSError, RuntimeError) as exc:
+        raise RuntimeError(
+            f"cannot load libjpeg-turbo's TurboJPEG library (Debian/Ubuntu package libturbojpeg0): {exc}"
+        ) from None
+
+
+def check_decoders() -> None:
+    """Load the decoders now, so a missing library stops the gateway at start with a clear message
+    (RuntimeError), not each JPEG later."""
+    _turbojpeg()
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -176,7 +204,7 @@ def decode(payload: bytes, limits: DecodeLimits, min_long_side: int = 0) -> Deco
         raise DecodeError("undecodable", "empty payload")
     if len(data) > limits.max_bytes:
         raise DecodeError("too_large", f"payload is {len(data)} bytes, limit {limits.max_bytes}")
-    header, bit_depth = _read_header(data)
+    header, layout = _read_header(data)
     pixels_declared = header.width * header.height
     if pixels_declared > limits.max_pixels:
         raise DecodeError(
@@ -188,14 +216,11 @@ def decode(payload: bytes, limits: DecodeLimits, min_long_side: int = 0) -> Deco
     if header.format == "jpeg":
         _check_jpeg_complete(data)
         reduction = _pick_reduction(max(header.width, header.height), min_long_side)
-        flags = _JPEG_FLAGS[reduction]
+        image = _to_bgr8(_decode_jpeg(data, reduction, layout.channels), layout.bit_depth)
     else:
         _check_png_complete(data)
         reduction = 1
-        flags = _PNG_FLAGS
-
-    image = _imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    image = _to_bgr8(image, bit_depth)
+        image = _to_bgr8(_imdecode(data, _PNG_FLAGS | cv2.IMREAD_IGNORE_ORIENTATION), layout.bit_depth)
     expected = (-(-header.height // reduction), -(-header.width // reduction))
     if image.shape[:2] != expected:
         raise DecodeError(
@@ -238,8 +263,17 @@ def _pick_reduction(long_side: int, min_long_side: int) -> int:
     return 1
 
 
-def _read_header(data: bytes) -> tuple[ImageHeader, int]:
-    """Header plus the sample bit depth (for scaling >8-bit decoder output)."""
+@dataclass(frozen=True)
+class _Layout:
+    """How the samples are stored, from the header."""
+
+    bit_depth: int
+    channels: int
+    """Samples per pixel as stored: PNG 1 (gray, palette index), 2 (gray+alpha), 3 or 4 (RGBA); JPEG 1, 3 or 4."""
+
+
+def _read_header(data: bytes) -> tuple[ImageHeader, _Layout]:
+    """Header plus the stored sample layout."""
     if not data:
         raise DecodeError("undecodable", "empty payload")
     try:
@@ -252,7 +286,7 @@ def _read_header(data: bytes) -> tuple[ImageHeader, int]:
     raise DecodeError("undecodable", f"not a JPEG or PNG (starts with {data[:8].hex()})")
 
 
-def _png_header(data: bytes) -> tuple[ImageHeader, int]:
+def _png_header(data: bytes) -> tuple[ImageHeader, _Layout]:
     if len(data) < 33:
         raise DecodeError("undecodable", "PNG shorter than signature + IHDR")
     length, ctype = struct.unpack_from(">I4s", data, 8)
@@ -266,7 +300,7 @@ def _png_header(data: bytes) -> tuple[ImageHeader, int]:
         raise DecodeError("undecodable", f"PNG has invalid size {width}x{height}")
     if depth not in _PNG_DEPTHS.get(color, ()) or compression or filtering or interlace > 1:
         raise DecodeError("undecodable", f"PNG IHDR invalid (colour type {color}, bit depth {depth})")
-    return ImageHeader("png", width, height, 1), depth
+    return ImageHeader("png", width, height, 1), _Layout(depth, _PNG_CHANNELS[color])
 
 
 def _check_png_complete(data: bytes) -> None:
@@ -319,9 +353,9 @@ def _next_jpeg_segment(data: bytes, pos: int) -> tuple[int, int, int] | None:
     return marker, start + 2, start + length
 
 
-def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
+def _jpeg_header(data: bytes) -> tuple[ImageHeader, _Layout]:
     """Walk the markers up to the first SOS: first SOFn gives the size, first Exif APP1 the orientation."""
-    size: tuple[int, int, int] | None = None
+    size: tuple[int, int, int, int] | None = None
     orientation: int | None = None
     pos = 2
     for _ in range(_JPEG_MAX_SEGMENTS):
@@ -339,16 +373,16 @@ def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
         if marker in _JPEG_SOF and size is None:
             if end - start < 6:
                 raise DecodeError("undecodable", "JPEG SOF segment too short")
-            size = struct.unpack_from(">BHH", data, start)
+            size = struct.unpack_from(">BHHB", data, start)
         elif marker == _JPEG_APP1 and orientation is None and data.startswith(b"Exif\x00\x00", start):
             orientation = _exif_orientation(data[start + 6 : end])
         pos = end
     if size is None:
         raise DecodeError("undecodable", "JPEG has no frame header (SOFn) before its first scan")
-    precision, height, width = size
+    precision, height, width, components = size
     if width == 0 or height == 0:
         raise DecodeError("undecodable", f"JPEG declares size {width}x{height} (DNL is not supported)")
-    return ImageHeader("jpeg", width, height, orientation or 1), precision
+    return ImageHeader("jpeg", width, height, orientation or 1), _Layout(precision, components)
 
 
 def _exif_orientation(tiff: bytes) -> int:
@@ -416,6 +450,29 @@ def _apply_orientation(image: BGRImage, orientation: int) -> BGRImage:
     else:
         return image
     return np.asarray(out, dtype=np.uint8)
+
+
+def _decode_jpeg(data: bytes, reduction: int, components: int) -> npt.NDArray[np.uint8]:
+    """TurboJPEG decode at 1/``reduction``, refusing what libjpeg would conceal; 4-component (CMYK, YCCK)
+    JPEGs come out as Adobe-convention CMYK and are turned into BGR here."""
+    decoder = _turbojpeg()
+    scale = (1, reduction)
+    try:
+        if components == 4:
+            cmyk = decoder.decode(data, TJPF_CMYK, scale, TJFLAG_STOPONWARNING)
+            return _cmyk_to_bgr(np.asarray(cmyk, dtype=np.uint8))
+        return np.asarray(decoder.decode(data, TJPF_BGR, scale, TJFLAG_STOPONWARNING), dtype=np.uint8)
+    except _TurboJPEGError as exc:
+        raise DecodeError("undecodable", f"JPEG data is damaged or unsupported: {exc}") from None
+    except Exception as exc:  # MemoryError, ValueError, ...
+        raise DecodeError("undecodable", f"decoder failed: {type(exc).__name__}: {exc}") from None
+
+
+def _cmyk_to_bgr(cmyk: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Adobe's inverted CMYK (255 = no ink), as libjpeg gives it, to BGR: each of B, G, R is Y, M, C times K / 255."""
+    wide = cmyk.astype(np.uint16)
+    bgr = (wide[:, :, 2::-1] * wide[:, :, 3:4] + 127) // 255
+    return np.ascontiguousarray(bgr, dtype=np.uint8)
 
 
 def _imdecode(data: bytes, flags: int) -> npt.NDArray[np.generic]:

@@ -15,7 +15,7 @@ import structlog
 
 from gateway.assessment import Assessment
 from gateway.config import GatewayConfig
-from gateway.decode import DecodeError, DecodeLimits, decode
+from gateway.decode import DecodeError, DecodeLimits, check_decoders, decode
 from gateway.pipeline import Pipeline, load_backend
 from gateway.policy import Policy
 from gateway.protocol import (
@@ -156,6 +156,7 @@ class Judge:
 
 def build_judge(config: GatewayConfig) -> Judge:
     """The judge the config describes: its backend, exposure checks, policy and decode limits."""
+    check_decoders()  # a missing libturbojpeg stops the start, not every JPEG
     limits = DecodeLimits(max_bytes=config.decode.max_payload_bytes, max_pixels=config.decode.max_pixels)
     return Judge(
         Pipeline(load_backend(config), config.exposure),

@@ -560,6 +560,80 @@ def test_png_with_corrupt_idat_is_undecodable() -> None:
     assert info.value.reason == "undecodable"
 
 
+# ----------------------------------------------------------------------------------------------- hidden damage
+
+
+def _entropy_start(jpeg: bytes) -> int:
+    """Offset of the first byte of entropy-coded data (after the first SOS header)."""
+    sos = jpeg.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(jpeg[sos + 2 : sos + 4], "big")
+
+
+def hide_damage(jpeg: bytes, fraction: float, mode: str, seed: int) -> bytes:
+    """Lose ``fraction`` of the entropy-coded data at a random place, zeroed or cut out; SOI, headers and the
+    final EOI stay, so the structural checks pass and only the decoder can tell."""
+    rng = np.random.default_rng(seed)
+    start, end = _entropy_start(jpeg), len(jpeg) - 2
+    assert jpeg[end:] == b"\xff\xd9"
+    lost = int((end - start) * fraction)
+    at = int(rng.integers(start, end - lost))
+    damaged = jpeg[:at] + (bytes(lost) if mode == "zeroed" else b"") + jpeg[at + lost :]
+    assert damaged.endswith(b"\xff\xd9") and damaged[:at] == jpeg[:at]
+    return damaged
+
+
+def _scene_jpegs() -> dict[str, bytes]:
+    """Real encoder output of a rendered colposcope scene: baseline, progressive, with restart markers."""
+    from gateway.scenes import SceneSpec, render
+
+    image = render(SceneSpec(width=1600, height=1200, noise=4.0, seed=21)).image
+    return {
+        "baseline": _jpeg(image, cv2.IMWRITE_JPEG_QUALITY, 92),
+        "progressive": _jpeg(image, cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+        "restarts": _jpeg(image, cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_RST_INTERVAL, 4),
+    }
+
+
+@pytest.fixture(scope="module")
+def scene_jpegs() -> dict[str, bytes]:
+    return _scene_jpegs()
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "restarts"])
+@pytest.mark.parametrize("mode", ["zeroed", "cut"])
+@pytest.mark.parametrize("fraction", [0.2, 0.4, 0.6])
+def test_damage_hidden_inside_a_jpeg_is_undecodable(
+    scene_jpegs: dict[str, bytes], kind: str, mode: str, fraction: float
+) -> None:
+    """libjpeg conceals lost entropy-coded data (grey or colour-shifted bands); the decoder must refuse it,
+    at every scale the gateway uses."""
+    intact = scene_jpegs[kind]
+    assert decode(intact, LIMITS, 800).pixels.shape == (600, 800, 3)
+    for seed in range(3):
+        damaged = hide_damage(intact, fraction, mode, seed)
+        for min_long_side in (0, 800, 200):  # reductions 1, 2, 8
+            with pytest.raises(DecodeError) as info:
+                decode(damaged, LIMITS, min_long_side)
+            assert info.value.reason == "undecodable", (seed, min_long_side)
+            assert "damaged" in info.value.detail
+
+
+@pytest.mark.dev_photos
+def test_real_camera_jpegs_with_hidden_damage_are_undecodable() -> None:
+    from tests.conftest import DEV_PHOTOS
+
+    paths = sorted((DEV_PHOTOS / "images").glob("*.jpg"))[:: 40]
+    if not paths:
+        pytest.skip(f"no photos in {DEV_PHOTOS}")
+    for path in paths:
+        intact = path.read_bytes()
+        _assert_valid(decode(intact, LIMITS, 400))
+        for n, (mode, fraction) in enumerate([("zeroed", 0.2), ("cut", 0.4), ("zeroed", 0.6), ("cut", 0.2)]):
+            with pytest.raises(DecodeError) as info:
+                decode(hide_damage(intact, fraction, mode, n), LIMITS, 400)
+            assert info.value.reason == "undecodable", (path.name, mode, fraction)
+
+
 # ----------------------------------------------------------------------------------------------- colour formats
 
 
