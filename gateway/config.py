@@ -14,7 +14,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.backends.classical import ClassicalConfig
 from gateway.backends.settings import ModelsConfig
@@ -102,6 +110,31 @@ class DecodeConfig(_Section):
         le=8192,
         description="JPEGs are decoded at the smallest 1/2, 1/4 or 1/8 scale whose long side is at least this",
     )
+    max_decoded_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory one photo's decode may take, from its header (pixels at the decode scale x 3 bytes,"
+        " plus the decoder's own buffers); more gets too_large. A 12 MP JPEG takes 9 MB, a 12 MP PNG 72 MB",
+    )
+    memory_budget_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Memory all workers together may take for decoding and judging at once; a photo waits for room",
+    )
+    memory_wait_s: float = Field(
+        default=10,
+        ge=0,
+        le=300,
+        description="How long a photo waits for room in memory_budget_bytes before it is answered busy",
+    )
+
+    @field_validator("memory_budget_bytes")
+    @classmethod
+    def _budget_fits_a_photo(cls, value: int, info: ValidationInfo) -> int:
+        photo = info.data.get("max_decoded_bytes")
+        if photo is not None and photo > value:
+            raise ValueError(f"must be at least decode.max_decoded_bytes ({photo}): such a photo could never be judged")
+        return value
 
 
 class ProcessingConfig(_Section):

@@ -10,22 +10,27 @@ Order of work in :func:`decode`, cheapest and most defensive first:
    structure (the entropy-coded data is scanned for markers; an ``FFD9`` inside an Exif thumbnail
    does not count), a PNG must reach its IEND chunk with valid CRCs on its critical chunks.
    Truncated photos are refused as ``undecodable``: a health worker must never get a verdict on half
-   a photo. (OpenCV 5.0 itself refuses a JPEG without EOI; older builds may return the partial image.) Not
-   detectable this way: damage *inside* JPEG entropy-coded data while the EOI is intact (bit flips, a
-   missing middle piece); libjpeg conceals it with a warning on stderr and we return the image;
-4. ``cv2.imdecode``; JPEGs use libjpeg's DCT scaling (``IMREAD_REDUCED_COLOR_2/4/8``) when the
-   caller only needs ``min_long_side`` pixels on the long side;
+   a photo; then the memory the decode will take, from the header (:func:`plan`), against
+   ``max_decoded_bytes`` (``too_large``). The caller may hold that much of a shared budget meanwhile
+   (:mod:`gateway.memory_budget`); :func:`decode_planned` runs the rest;
+4. the decoder. JPEG: libjpeg-turbo's TurboJPEG API (``PyTurboJPEG``) with ``TJFLAG_STOPONWARNING``, so
+   damage *inside* the entropy-coded data while the EOI is intact (a missing or zeroed middle piece), which
+   libjpeg would conceal with grey or colour-shifted bands and a warning, is ``undecodable`` (a single flipped
+   byte usually resynchronises unseen and spoils only a few blocks: not detectable without a checksum);
+   its DCT scaling decodes at 1/2, 1/4 or 1/8 directly when the caller only needs ``min_long_side``
+   pixels on the long side. PNG: ``cv2.imdecode`` to 8-bit BGR, which libpng reduces row by row from
+   16 bits (keeping the high byte) and alpha (dropped), with no full-size 16-bit intermediate;
 5. normalisation to HxWx3 ``uint8`` BGR and the EXIF orientation.
 
-OpenCV (verified on 5.0.0) applies the EXIF orientation itself in ``IMREAD_COLOR`` *and* in the
-``IMREAD_REDUCED_COLOR_*`` modes. To apply it exactly once whatever the installed version does, we
-always pass ``IMREAD_IGNORE_ORIENTATION`` and apply the orientation parsed by :func:`read_header`
-ourselves; the decoded size is checked against the header so a decoder that rotated anyway is caught.
-PNG orientation is always 1 (an ``eXIf`` chunk is ignored).
+TurboJPEG never applies the EXIF orientation; we apply the orientation parsed by :func:`read_header`
+exactly once ourselves (the same mapping as OpenCV's own), and the decoded size is checked against the
+header. PNG is decoded with ``IMREAD_IGNORE_ORIENTATION``: its orientation is always 1 (an ``eXIf`` chunk
+is ignored).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zlib
@@ -35,14 +40,19 @@ from typing import Final, Literal
 import cv2
 import numpy as np
 import numpy.typing as npt
+from turbojpeg import TJFLAG_STOPONWARNING, TJPF_BGR, TJPF_CMYK, TurboJPEG
 
 __all__ = [
     "DecodeError",
     "DecodeLimits",
+    "DecodePlan",
     "DecodedImage",
     "ImageHeader",
     "Reason",
+    "check_decoders",
     "decode",
+    "decode_planned",
+    "plan",
     "read_header",
 ]
 
@@ -75,6 +85,8 @@ class DecodeLimits:
 
     max_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 50_000_000
+    max_decoded_bytes: int = 256 * 1024 * 1024
+    """The most memory one photo's decode may take (:attr:`DecodePlan.decoded_bytes`)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,19 @@ class ImageHeader:
     height: int
     orientation: int
     """EXIF orientation 1..8; 1 when absent, invalid, or for PNG."""
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What decoding a payload will do and cost, from its headers alone (no decoder has run)."""
+
+    header: ImageHeader
+    reduction: int
+    """1, 2, 4 or 8: the scale the decoder works at (PNG: always 1)."""
+    decoded_bytes: int
+    """The memory the decode takes at its peak, from the header: the decoded pixels (width x height at the
+    decode scale x channels x bytes per sample) plus what the decoder holds beside them (see :func:`plan`)."""
+    layout: _Layout
 
 
 @dataclass(frozen=True)
@@ -110,6 +135,7 @@ _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 
 # SOFn: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 _JPEG_SOF: Final = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_PROGRESSIVE: Final = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _JPEG_SOI: Final = 0xD8
 _JPEG_EOI: Final = 0xD9
 _JPEG_SOS: Final = 0xDA
@@ -125,21 +151,18 @@ _JPEG_MAX_SEGMENTS: Final = 2000
 
 # Valid PNG (colour type -> bit depths).
 _PNG_DEPTHS: Final = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_PNG_CHANNELS: Final = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _PNG_MAX_CHUNK: Final = 2**31 - 1
 
-_JPEG_FLAGS: Final = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
-_PNG_FLAGS: Final = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH  # keep 16 bits; we scale with rounding
+# 8-bit BGR straight from libpng, row by row: 16 bits keep their high byte, alpha is dropped (no compositing).
+# No full-size 16-bit or 4-channel intermediate: a 7071x7071 16-bit RGBA PNG peaks at 288 MiB, not 574 MiB.
+_PNG_FLAGS: Final = cv2.IMREAD_COLOR
 
 
 def _quiet_opencv() -> None:
-    """Lower OpenCV's own log level to ERROR (never raise it). libjpeg/libpng write some warnings
-    straight to the C stderr; those cannot be silenced per call, but the structural checks above
-    keep truncated files (the usual source) away from the decoders."""
+    """Lower OpenCV's own log level to ERROR (never raise it). libpng writes some warnings straight to
+    the C stderr; those cannot be silenced per call, but the structural checks above keep truncated
+    files (the usual source) away from the decoder."""
     try:
         logging = cv2.utils.logging
         if logging.getLogLevel() > logging.LOG_LEVEL_ERROR:
@@ -149,6 +172,36 @@ def _quiet_opencv() -> None:
 
 
 _quiet_opencv()
+
+
+class _TurboJPEGError(Exception):
+    """libjpeg-turbo refused the data: a fatal error, or a warning (corrupt data) under stop-on-warning."""
+
+
+class _StrictTurboJPEG(TurboJPEG):  # type: ignore[misc]
+    """PyTurboJPEG (1.x) only *warns* (``warnings.warn``) when libjpeg-turbo fails with a warning, even under
+    ``TJFLAG_STOPONWARNING``, and returns the half-filled image. Warning filters are process-wide, so they
+    cannot be switched per call from worker threads; its error report is overridden to raise instead."""
+
+    def _TurboJPEG__report_error(self, handle: object) -> None:
+        raise _TurboJPEGError(self._TurboJPEG__get_error_string(handle))
+
+
+@functools.cache
+def _turbojpeg() -> TurboJPEG:
+    """The TurboJPEG library, loaded once (each call makes its own handle, so threads can share it)."""
+    try:
+        return _StrictTurboJPEG()
+    except (OSError, RuntimeError) as exc:
+        raise RuntimeError(
+            f"cannot load libjpeg-turbo's TurboJPEG library (Debian/Ubuntu package libturbojpeg0): {exc}"
+        ) from None
+
+
+def check_decoders() -> None:
+    """Load the decoders now, so a missing library stops the gateway at start with a clear message
+    (RuntimeError), not each JPEG later."""
+    _turbojpeg()
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -163,20 +216,25 @@ def read_header(payload: bytes) -> ImageHeader:
     return header
 
 
-def decode(payload: bytes, limits: DecodeLimits, min_long_side: int = 0) -> DecodedImage:
-    """Decode a JPEG/PNG payload into an upright BGR image, enforcing ``limits`` before decoding.
+def plan(payload: bytes, limits: DecodeLimits, min_long_side: int = 0) -> DecodePlan:
+    """Steps 1 to 3 of the module docstring, and the memory the decode will take, checked against
+    ``limits.max_decoded_bytes`` (``too_large``). Nothing is allocated per pixel.
 
-    For JPEG, the largest reduction ``r`` in 8, 4, 2 with ``long_side / r >= min_long_side`` is decoded
-    directly by libjpeg (much faster); ``min_long_side <= 0`` means full size. PNG is always full size.
-    Raises only :class:`DecodeError` for any bytes (``TypeError`` if ``payload`` is not bytes-like).
-    ``cv2.imdecode`` releases the GIL, so decoding in worker threads runs in parallel.
+    The memory is what the decoders were measured to hold at their peak (``bench/decode_bench.py``), at the
+    scale they decode at, 8 bits and 3 channels since no decoder here keeps 16 bits or alpha:
+
+    - JPEG: the decoded pixels (4-component CMYK/YCCK: 15 bytes a pixel, for the CMYK output and its
+      conversion), two more such buffers when the EXIF orientation turns the image, and, for a progressive or
+      multi-scan JPEG, libjpeg's full-size coefficient buffer (2 bytes a sample, per component at its sampling);
+    - PNG: twice the decoded pixels (OpenCV's PNG reader fills a buffer of its own, then copies it), whatever
+      the stored depth and alpha: libpng reduces 16-bit and alpha to 8-bit BGR row by row.
     """
     data = _as_bytes(payload)
     if not data:
         raise DecodeError("undecodable", "empty payload")
     if len(data) > limits.max_bytes:
         raise DecodeError("too_large", f"payload is {len(data)} bytes, limit {limits.max_bytes}")
-    header, bit_depth = _read_header(data)
+    header, layout = _read_header(data)
     pixels_declared = header.width * header.height
     if pixels_declared > limits.max_pixels:
         raise DecodeError(
@@ -184,18 +242,47 @@ def decode(payload: bytes, limits: DecodeLimits, min_long_side: int = 0) -> Deco
             f"{header.format} declares {header.width}x{header.height} = {pixels_declared} pixels, "
             f"limit {limits.max_pixels}",
         )
-
     if header.format == "jpeg":
-        _check_jpeg_complete(data)
+        scans = _check_jpeg_complete(data)
         reduction = _pick_reduction(max(header.width, header.height), min_long_side)
-        flags = _JPEG_FLAGS[reduction]
+        pixels = -(-header.width // reduction) * -(-header.height // reduction)
+        needed = pixels * (15 if layout.channels == 4 else 3)
+        if header.orientation != 1:
+            needed += 2 * pixels * 3
+        if layout.progressive or scans > 1:
+            needed += _jpeg_coefficient_bytes(header, layout)
     else:
         _check_png_complete(data)
         reduction = 1
-        flags = _PNG_FLAGS
+        needed = 2 * pixels_declared * 3
+    if needed > limits.max_decoded_bytes:
+        raise DecodeError(
+            "too_large",
+            f"decoding this {header.width}x{header.height} {header.format} ({layout.channels} channels of "
+            f"{layout.bit_depth} bits) at 1/{reduction} takes {needed} bytes, limit {limits.max_decoded_bytes}",
+        )
+    return DecodePlan(header, reduction, needed, layout)
 
-    image = _imdecode(data, flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    image = _to_bgr8(image, bit_depth)
+
+def decode(payload: bytes, limits: DecodeLimits, min_long_side: int = 0) -> DecodedImage:
+    """Decode a JPEG/PNG payload into an upright BGR image, enforcing ``limits`` before decoding.
+
+    For JPEG, the largest reduction ``r`` in 8, 4, 2 with ``long_side / r >= min_long_side`` is decoded
+    directly by libjpeg (much faster); ``min_long_side <= 0`` means full size. PNG is always full size.
+    Raises only :class:`DecodeError` for any bytes (``TypeError`` if ``payload`` is not bytes-like).
+    """
+    return decode_planned(payload, plan(payload, limits, min_long_side))
+
+
+def decode_planned(payload: bytes, planned: DecodePlan) -> DecodedImage:
+    """Run the decoder for a :func:`plan` of these same bytes (steps 4 and 5). TurboJPEG (through ctypes) and
+    ``cv2.imdecode`` release the GIL, so decoding in worker threads runs in parallel."""
+    data = _as_bytes(payload)
+    header, reduction = planned.header, planned.reduction
+    if header.format == "jpeg":
+        image = _bgr8(_decode_jpeg(data, reduction, planned.layout.channels))
+    else:
+        image = _bgr8(_imdecode(data, _PNG_FLAGS | cv2.IMREAD_IGNORE_ORIENTATION))
     expected = (-(-header.height // reduction), -(-header.width // reduction))
     if image.shape[:2] != expected:
         raise DecodeError(
@@ -238,8 +325,20 @@ def _pick_reduction(long_side: int, min_long_side: int) -> int:
     return 1
 
 
-def _read_header(data: bytes) -> tuple[ImageHeader, int]:
-    """Header plus the sample bit depth (for scaling >8-bit decoder output)."""
+@dataclass(frozen=True)
+class _Layout:
+    """How the samples are stored, from the header."""
+
+    bit_depth: int
+    channels: int
+    """Samples per pixel as stored: PNG 1 (gray, palette index), 2 (gray+alpha), 3 or 4 (RGBA); JPEG 1, 3 or 4."""
+    progressive: bool = False
+    sampling: tuple[tuple[int, int], ...] = ()
+    """JPEG: each component's horizontal and vertical sampling factors."""
+
+
+def _read_header(data: bytes) -> tuple[ImageHeader, _Layout]:
+    """Header plus the stored sample layout."""
     if not data:
         raise DecodeError("undecodable", "empty payload")
     try:
@@ -252,7 +351,7 @@ def _read_header(data: bytes) -> tuple[ImageHeader, int]:
     raise DecodeError("undecodable", f"not a JPEG or PNG (starts with {data[:8].hex()})")
 
 
-def _png_header(data: bytes) -> tuple[ImageHeader, int]:
+def _png_header(data: bytes) -> tuple[ImageHeader, _Layout]:
     if len(data) < 33:
         raise DecodeError("undecodable", "PNG shorter than signature + IHDR")
     length, ctype = struct.unpack_from(">I4s", data, 8)
@@ -266,7 +365,7 @@ def _png_header(data: bytes) -> tuple[ImageHeader, int]:
         raise DecodeError("undecodable", f"PNG has invalid size {width}x{height}")
     if depth not in _PNG_DEPTHS.get(color, ()) or compression or filtering or interlace > 1:
         raise DecodeError("undecodable", f"PNG IHDR invalid (colour type {color}, bit depth {depth})")
-    return ImageHeader("png", width, height, 1), depth
+    return ImageHeader("png", width, height, 1), _Layout(depth, _PNG_CHANNELS[color])
 
 
 def _check_png_complete(data: bytes) -> None:
@@ -319,9 +418,11 @@ def _next_jpeg_segment(data: bytes, pos: int) -> tuple[int, int, int] | None:
     return marker, start + 2, start + length
 
 
-def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
+def _jpeg_header(data: bytes) -> tuple[ImageHeader, _Layout]:
     """Walk the markers up to the first SOS: first SOFn gives the size, first Exif APP1 the orientation."""
-    size: tuple[int, int, int] | None = None
+    size: tuple[int, int, int, int] | None = None
+    sof = 0
+    sampling: tuple[tuple[int, int], ...] = ()
     orientation: int | None = None
     pos = 2
     for _ in range(_JPEG_MAX_SEGMENTS):
@@ -339,16 +440,32 @@ def _jpeg_header(data: bytes) -> tuple[ImageHeader, int]:
         if marker in _JPEG_SOF and size is None:
             if end - start < 6:
                 raise DecodeError("undecodable", "JPEG SOF segment too short")
-            size = struct.unpack_from(">BHH", data, start)
+            size = struct.unpack_from(">BHHB", data, start)
+            sof = marker
+            specs = data[start + 6 : end]
+            sampling = tuple((b >> 4, b & 15) for b in specs[1 : 3 * size[3] : 3])
         elif marker == _JPEG_APP1 and orientation is None and data.startswith(b"Exif\x00\x00", start):
             orientation = _exif_orientation(data[start + 6 : end])
         pos = end
     if size is None:
         raise DecodeError("undecodable", "JPEG has no frame header (SOFn) before its first scan")
-    precision, height, width = size
+    precision, height, width, components = size
     if width == 0 or height == 0:
         raise DecodeError("undecodable", f"JPEG declares size {width}x{height} (DNL is not supported)")
-    return ImageHeader("jpeg", width, height, orientation or 1), precision
+    if len(sampling) != components or not all(1 <= h <= 4 and 1 <= v <= 4 for h, v in sampling):
+        raise DecodeError("undecodable", "JPEG SOF segment has bad component specifications")
+    layout = _Layout(precision, components, sof in _JPEG_PROGRESSIVE, sampling)
+    return ImageHeader("jpeg", width, height, orientation or 1), layout
+
+
+def _jpeg_coefficient_bytes(header: ImageHeader, layout: _Layout) -> int:
+    """libjpeg's whole-image coefficient buffer (multi-scan JPEGs): 64 two-byte coefficients a block, for every
+    block of every component at its own sampling, in whole MCUs."""
+    h_max = max(h for h, _ in layout.sampling)
+    v_max = max(v for _, v in layout.sampling)
+    mcus_x = -(-header.width // (8 * h_max))
+    mcus_y = -(-header.height // (8 * v_max))
+    return sum(mcus_x * h * mcus_y * v * 128 for h, v in layout.sampling)
 
 
 def _exif_orientation(tiff: bytes) -> int:
@@ -377,8 +494,9 @@ def _exif_orientation(tiff: bytes) -> int:
     return 1
 
 
-def _check_jpeg_complete(data: bytes) -> None:
-    """Follow segments and scans to the EOI marker; refuse truncated files and absurd scan counts."""
+def _check_jpeg_complete(data: bytes) -> int:
+    """Follow segments and scans to the EOI marker; refuse truncated files and absurd scan counts. Returns the
+    number of scans."""
     pos = 2
     scans = 0
     for _ in range(_JPEG_MAX_SEGMENTS):
@@ -389,7 +507,7 @@ def _check_jpeg_complete(data: bytes) -> None:
         if marker == _JPEG_EOI:
             if scans == 0:
                 raise DecodeError("undecodable", "JPEG has no scan (SOS) before EOI")
-            return
+            return scans
         if marker == _JPEG_SOS:
             scans += 1
             if scans > _JPEG_MAX_SCANS:
@@ -418,6 +536,29 @@ def _apply_orientation(image: BGRImage, orientation: int) -> BGRImage:
     return np.asarray(out, dtype=np.uint8)
 
 
+def _decode_jpeg(data: bytes, reduction: int, components: int) -> npt.NDArray[np.uint8]:
+    """TurboJPEG decode at 1/``reduction``, refusing what libjpeg would conceal; 4-component (CMYK, YCCK)
+    JPEGs come out as Adobe-convention CMYK and are turned into BGR here."""
+    decoder = _turbojpeg()
+    scale = (1, reduction)
+    try:
+        if components == 4:
+            cmyk = decoder.decode(data, TJPF_CMYK, scale, TJFLAG_STOPONWARNING)
+            return _cmyk_to_bgr(np.asarray(cmyk, dtype=np.uint8))
+        return np.asarray(decoder.decode(data, TJPF_BGR, scale, TJFLAG_STOPONWARNING), dtype=np.uint8)
+    except _TurboJPEGError as exc:
+        raise DecodeError("undecodable", f"JPEG data is damaged or unsupported: {exc}") from None
+    except Exception as exc:  # MemoryError, ValueError, ...
+        raise DecodeError("undecodable", f"decoder failed: {type(exc).__name__}: {exc}") from None
+
+
+def _cmyk_to_bgr(cmyk: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """Adobe's inverted CMYK (255 = no ink), as libjpeg gives it, to BGR: each of B, G, R is Y, M, C times K / 255."""
+    wide = cmyk.astype(np.uint16)
+    bgr = (wide[:, :, 2::-1] * wide[:, :, 3:4] + 127) // 255
+    return np.ascontiguousarray(bgr, dtype=np.uint8)
+
+
 def _imdecode(data: bytes, flags: int) -> npt.NDArray[np.generic]:
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
@@ -428,20 +569,8 @@ def _imdecode(data: bytes, flags: int) -> npt.NDArray[np.generic]:
     return image
 
 
-def _to_bgr8(image: npt.NDArray[np.generic], bit_depth: int) -> BGRImage:
-    """HxW / HxWx1 / HxWx3 / HxWx4 of uint8/uint16 -> HxWx3 uint8 (alpha dropped, >8 bits rounded)."""
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2 and image.dtype in (np.uint8, np.uint16):
-        image = np.asarray(cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR))
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise DecodeError("undecodable", f"decoder returned an array of shape {image.shape}")
-    if image.dtype == np.uint16:
-        # round(v * 255 / max_value): round(v / 257) for 16-bit PNG, v / 16.06 for a 12-bit JPEG.
-        max_value = (1 << bit_depth) - 1 if 8 < bit_depth <= 16 else 65535
-        image = np.asarray(cv2.convertScaleAbs(image.astype(np.uint16, copy=False), alpha=255.0 / max_value))
-    elif image.dtype != np.uint8:
-        raise DecodeError("undecodable", f"decoder returned unsupported dtype {image.dtype}")
+def _bgr8(image: npt.NDArray[np.generic]) -> BGRImage:
+    """The decoders here always give HxWx3 uint8 BGR; anything else is refused rather than guessed at."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DecodeError("undecodable", f"decoder returned an array of shape {image.shape}, {image.dtype}")
     return image.astype(np.uint8, copy=False)

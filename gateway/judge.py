@@ -18,7 +18,8 @@ import structlog
 from gateway.assessment import Assessment
 from gateway.backends.base import Backend
 from gateway.config import GatewayConfig
-from gateway.decode import DecodeError, DecodeLimits, decode
+from gateway.decode import DecodeError, DecodeLimits, DecodePlan, check_decoders, decode_planned, plan
+from gateway.memory_budget import BudgetTimeout, MemoryBudget
 from gateway.pipeline import Pipeline, load_backend
 from gateway.policy import Policy
 from gateway.protocol import (
@@ -72,12 +73,17 @@ class Judge:
         limits: DecodeLimits,
         analysis_long_side: int,
         recapture_expiry_s: int,
+        budget: MemoryBudget | None = None,
+        busy_retry_after_ms: int = 2000,
     ) -> None:
         self.pipeline = pipeline
         self._policy = policy
         self._limits = limits
         self._long_side = analysis_long_side
         self._expiry = timedelta(seconds=recapture_expiry_s)
+        self.budget = budget or MemoryBudget(limits.max_decoded_bytes, 0)
+        """Shared by every thread that judges with this judge: the memory their decodes hold at once."""
+        self._retry_after_ms = busy_retry_after_ms
 
     @property
     def policy(self) -> Policy:
@@ -88,7 +94,19 @@ class Judge:
         if _TEST_KILL_MARKER and _TEST_KILL_MARKER in request.payload:
             os.kill(os.getpid(), signal.SIGKILL)
         try:
-            decoded = decode(request.payload, self._limits, self._long_side)
+            planned = plan(request.payload, self._limits, self._long_side)
+        except DecodeError as exc:
+            return Judged(self.error(request, Reason(exc.reason), exc.detail))
+        try:
+            with self.budget.reserve(planned.decoded_bytes):  # the pixels are held until the verdict is made
+                return self._judge(request, planned, started)
+        except BudgetTimeout as exc:
+            detail = f"the gateway is short of memory for this photo: {exc}"
+            return Judged(self.error(request, Reason.BUSY, detail, retry_after_ms=self._retry_after_ms))
+
+    def _judge(self, request: PhotoRequest, planned: DecodePlan, started: float) -> Judged:
+        try:
+            decoded = decode_planned(request.payload, planned)
         except DecodeError as exc:
             return Judged(self.error(request, Reason(exc.reason), exc.detail))
         decoded_at = time.monotonic()
@@ -169,11 +187,19 @@ class Judge:
 
 def build_judge(config: GatewayConfig, backend: Backend | None = None) -> Judge:
     """The judge the config describes: its backend (or ``backend``), exposure checks, policy and decode limits."""
-    limits = DecodeLimits(max_bytes=config.decode.max_payload_bytes, max_pixels=config.decode.max_pixels)
+    check_decoders()  # a missing libturbojpeg stops the start, not every JPEG
+    settings = config.decode
+    limits = DecodeLimits(
+        max_bytes=settings.max_payload_bytes,
+        max_pixels=settings.max_pixels,
+        max_decoded_bytes=settings.max_decoded_bytes,
+    )
     return Judge(
         Pipeline(backend or load_backend(config), config.exposure),
         Policy(config.policy),
         limits,
-        config.decode.analysis_long_side,
+        settings.analysis_long_side,
         config.policy.recapture_expiry_s,
+        MemoryBudget(settings.memory_budget_bytes, settings.memory_wait_s),
+        config.processing.busy_retry_after_ms,
     )

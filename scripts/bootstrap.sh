@@ -6,13 +6,14 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: the broker (and mosquitto_passwd), openssl (throw-away TLS certificates),
 # systemd-analyze (the unit's check), jemalloc (the unit preloads it; the test and the benchmark run the gateway on
-# it), python3-venv. Only what is missing is installed.
+# it), libturbojpeg0 (the JPEG decoder, through PyTurboJPEG), python3-venv. Only what is missing is installed.
 packages=()
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || packages+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || packages+=(mosquitto)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q libjemalloc.so.2 || packages+=(libjemalloc2)  # /sbin: not on a user PATH
+{ ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q libturbojpeg.so.0 || packages+=(libturbojpeg0)
 python3 -c 'import ensurepip' 2>/dev/null || packages+=(python3-venv)
 if [ ${#packages[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

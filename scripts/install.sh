@@ -54,6 +54,16 @@ if ! ldconfig -p 2>/dev/null | grep -q libjemalloc.so.2; then
   fi
 fi
 
+# 2b. libturbojpeg, the JPEG decoder (through PyTurboJPEG): without it the gateway refuses to start
+if ! ldconfig -p 2>/dev/null | grep -q libturbojpeg.so.0; then
+  if command -v apt-get >/dev/null; then
+    run apt-get install -y -q libturbojpeg0
+  else
+    echo "error: install libjpeg-turbo's TurboJPEG library (libturbojpeg.so.0); the gateway needs it" >&2
+    exit 1
+  fi
+fi
+
 # 3. the venv; --system-site-packages lets JetPack's TensorRT (a system package) be imported
 run install -d -m 0755 "$PREFIX" "$PREFIX/engines"
 if [ ! -x "$PREFIX/venv/bin/python" ]; then

@@ -83,3 +83,9 @@ def test_config_validate_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert f"{bad}:3: processing.queue_size:" in err
     assert main(["config", "validate", str(REPO / "config" / "gateway.yaml")]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_a_photo_limit_over_the_memory_budget_is_refused() -> None:
+    text = "decode:\n  max_decoded_bytes: 200000000\n  memory_budget_bytes: 100000000\n"
+    (problem,) = problems(text)
+    assert problem.startswith("gw.yaml:3: decode.memory_budget_bytes:") and "decode.max_decoded_bytes" in problem

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gateway import decode as decode_module
-from gateway.decode import DecodedImage, DecodeError, DecodeLimits, ImageHeader, decode, read_header
+from gateway.decode import DecodedImage, DecodeError, DecodeLimits, ImageHeader, decode, plan, read_header
 
 U8 = npt.NDArray[np.uint8]
 LIMITS = DecodeLimits()
@@ -353,6 +353,66 @@ def test_truncated_bomb_is_still_too_large() -> None:
     assert info.value.reason == "too_large"
 
 
+def png_bomb(side: int = 7071, color_type: int = 6, bit_depth: int = 16) -> bytes:
+    """The memory bomb under the pixel and payload limits: side x side zeros (default 16-bit RGBA, 380 KiB),
+    compressed row by row so making it allocates no image."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
+    row = bytes(1 + side * channels * bit_depth // 8)
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def test_memory_bomb_under_the_pixel_limit_is_too_large_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """7071x7071 16-bit RGBA: 50 M pixels, under max_pixels and max_payload_bytes, 400 MB as stored. Decoded to
+    8-bit BGR it still takes twice 150 MB in OpenCV's PNG reader: over the per-photo default, refused unread."""
+    payload = png_bomb()
+    assert len(payload) < 400 * 1024
+    assert read_header(payload).width * read_header(payload).height <= LIMITS.max_pixels
+
+    def no_decoder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a decoder was called for a memory bomb")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoder)
+    with pytest.raises(DecodeError) as info:
+        decode(payload, LIMITS)
+    assert info.value.reason == "too_large"
+    assert "7071x7071 png (4 channels of 16 bits)" in info.value.detail
+    assert plan(payload, DecodeLimits(max_decoded_bytes=2**40)).decoded_bytes == 2 * 7071 * 7071 * 3
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_decoded_bytes_limit_boundary(fmt: str) -> None:
+    img = _noise(100, 101)
+    payload = _jpeg(img) if fmt == "jpeg" else _png_cv(img)
+    needed = plan(payload, LIMITS).decoded_bytes
+    assert needed == (1 if fmt == "jpeg" else 2) * 100 * 101 * 3
+    assert decode(payload, DecodeLimits(max_decoded_bytes=needed)).pixels.shape == (100, 101, 3)
+    with pytest.raises(DecodeError) as info:
+        decode(payload, DecodeLimits(max_decoded_bytes=needed - 1))
+    assert info.value.reason == "too_large"
+    assert f"takes {needed} bytes" in info.value.detail
+
+
+def test_decoded_bytes_follow_scale_orientation_and_progressive_scans() -> None:
+    img = _noise(480, 640)
+    baseline = _jpeg(img)
+    assert plan(baseline, LIMITS, 160).decoded_bytes == 120 * 160 * 3  # decoded at 1/4
+    assert plan(baseline, LIMITS, 0).decoded_bytes == 480 * 640 * 3
+    rotated = _with_app1(baseline, _exif_app1(6))
+    assert plan(rotated, LIMITS, 160).decoded_bytes == 3 * 120 * 160 * 3  # plus the turned copies
+    # progressive: libjpeg keeps every coefficient of the full image, whatever the scale (4:2:0 here)
+    progressive = _jpeg(img, cv2.IMWRITE_JPEG_PROGRESSIVE, 1)
+    coefficients = (640 // 8) * (480 // 8) * 128 + 2 * (640 // 16) * (480 // 16) * 128
+    assert plan(progressive, LIMITS, 160).decoded_bytes == 120 * 160 * 3 + coefficients
+
+
+def test_cmyk_jpeg_counts_its_conversion() -> None:
+    cmyk = np.full((2, 3, 4), 200, np.uint8)
+    assert plan(_dc_only_jpeg(cmyk, adobe_transform=0), LIMITS).decoded_bytes == 16 * 24 * 15
+
+
 # ----------------------------------------------------------------------------------------------- basic decode
 
 
@@ -560,14 +620,90 @@ def test_png_with_corrupt_idat_is_undecodable() -> None:
     assert info.value.reason == "undecodable"
 
 
+# ----------------------------------------------------------------------------------------------- hidden damage
+
+
+def _entropy_start(jpeg: bytes) -> int:
+    """Offset of the first byte of entropy-coded data (after the first SOS header)."""
+    sos = jpeg.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(jpeg[sos + 2 : sos + 4], "big")
+
+
+def hide_damage(jpeg: bytes, fraction: float, mode: str, seed: int) -> bytes:
+    """Lose ``fraction`` of the entropy-coded data at a random place, zeroed or cut out; SOI, headers and the
+    final EOI stay, so the structural checks pass and only the decoder can tell."""
+    rng = np.random.default_rng(seed)
+    start, end = _entropy_start(jpeg), len(jpeg) - 2
+    assert jpeg[end:] == b"\xff\xd9"
+    lost = int((end - start) * fraction)
+    at = int(rng.integers(start, end - lost))
+    damaged = jpeg[:at] + (bytes(lost) if mode == "zeroed" else b"") + jpeg[at + lost :]
+    assert damaged.endswith(b"\xff\xd9") and damaged[:at] == jpeg[:at]
+    return damaged
+
+
+def _scene_jpegs() -> dict[str, bytes]:
+    """Real encoder output of a rendered colposcope scene: baseline, progressive, with restart markers."""
+    from gateway.scenes import SceneSpec, render
+
+    image = render(SceneSpec(width=1600, height=1200, noise=4.0, seed=21)).image
+    return {
+        "baseline": _jpeg(image, cv2.IMWRITE_JPEG_QUALITY, 92),
+        "progressive": _jpeg(image, cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+        "restarts": _jpeg(image, cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_RST_INTERVAL, 4),
+    }
+
+
+@pytest.fixture(scope="module")
+def scene_jpegs() -> dict[str, bytes]:
+    return _scene_jpegs()
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "restarts"])
+@pytest.mark.parametrize("mode", ["zeroed", "cut"])
+@pytest.mark.parametrize("fraction", [0.2, 0.4, 0.6])
+def test_damage_hidden_inside_a_jpeg_is_undecodable(
+    scene_jpegs: dict[str, bytes], kind: str, mode: str, fraction: float
+) -> None:
+    """libjpeg conceals lost entropy-coded data (grey or colour-shifted bands); the decoder must refuse it,
+    at every scale the gateway uses."""
+    intact = scene_jpegs[kind]
+    assert decode(intact, LIMITS, 800).pixels.shape == (600, 800, 3)
+    for seed in range(3):
+        damaged = hide_damage(intact, fraction, mode, seed)
+        for min_long_side in (0, 800, 200):  # reductions 1, 2, 8
+            with pytest.raises(DecodeError) as info:
+                decode(damaged, LIMITS, min_long_side)
+            assert info.value.reason == "undecodable", (seed, min_long_side)
+            assert "damaged" in info.value.detail
+
+
+@pytest.mark.dev_photos
+def test_real_camera_jpegs_with_hidden_damage_are_undecodable() -> None:
+    from tests.conftest import DEV_PHOTOS
+
+    paths = sorted((DEV_PHOTOS / "images").glob("*.jpg"))[::40]
+    if not paths:
+        pytest.skip(f"no photos in {DEV_PHOTOS}")
+    for path in paths:
+        intact = path.read_bytes()
+        _assert_valid(decode(intact, LIMITS, 400))
+        for n, (mode, fraction) in enumerate([("zeroed", 0.2), ("cut", 0.4), ("zeroed", 0.6), ("cut", 0.2)]):
+            with pytest.raises(DecodeError) as info:
+                decode(hide_damage(intact, fraction, mode, n), LIMITS, 400)
+            assert info.value.reason == "undecodable", (path.name, mode, fraction)
+
+
 # ----------------------------------------------------------------------------------------------- colour formats
 
 
-def test_png_16bit_rgb_is_rounded_to_8bit() -> None:
+def test_png_16bit_rgb_keeps_the_high_byte() -> None:
+    """libpng reduces 16 bits to 8 row by row (no full-size 16-bit intermediate): the high byte, at most one
+    level below rounding."""
     rgb = np.random.default_rng(3).integers(0, 65536, (9, 11, 3)).astype(np.uint16)
     rgb[0, :4, 0] = (0, 65535, 128, 129)
     result = decode(_png(rgb, 2, 16), LIMITS)
-    expected = ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)[:, :, ::-1]
+    expected = (rgb >> 8).astype(np.uint8)[:, :, ::-1]
     assert np.array_equal(result.pixels, expected)
 
 
@@ -579,7 +715,7 @@ def test_png_gray_alpha_drops_alpha(bit_depth: int) -> None:
     ga[:, :, 1] = 0  # fully transparent: the colour must survive unchanged (no compositing)
     result = decode(_png(ga, 4, bit_depth), LIMITS)
     gray = ga[:, :, 0].astype(np.uint32)
-    expected = gray if bit_depth == 8 else (gray + 128) // 257
+    expected = gray if bit_depth == 8 else gray >> 8
     assert np.array_equal(result.pixels, np.repeat(expected.astype(np.uint8)[:, :, None], 3, axis=2))
 
 
@@ -590,7 +726,7 @@ def test_png_rgba_drops_alpha(bit_depth: int) -> None:
     rgba = rng.integers(0, top + 1, (6, 9, 4)).astype(np.uint16)
     result = decode(_png(rgba, 6, bit_depth), LIMITS)
     rgb = rgba[:, :, :3].astype(np.uint32)
-    expected = rgb if bit_depth == 8 else (rgb + 128) // 257
+    expected = rgb if bit_depth == 8 else rgb >> 8
     assert np.array_equal(result.pixels, expected.astype(np.uint8)[:, :, ::-1])
 
 
@@ -599,7 +735,7 @@ def test_png_grayscale(bit_depth: int, top: int) -> None:
     gray = np.random.default_rng(6).integers(0, top + 1, (10, 16)).astype(np.uint16)
     result = decode(_png(gray, 0, bit_depth), LIMITS)
     wide = gray.astype(np.uint32)
-    expected = {1: wide * 255, 8: wide, 16: (wide + 128) // 257}[bit_depth]
+    expected = {1: wide * 255, 8: wide, 16: wide >> 8}[bit_depth]
     assert np.array_equal(result.pixels, np.repeat(expected.astype(np.uint8)[:, :, None], 3, axis=2))
 
 
