@@ -1,4 +1,4 @@
-"""TensorRT 10 (10.3 or newer: JetPack 6.1/6.2) with pycuda: run a serialized plan on one inference thread.
+"""TensorRT 10 (10.3 up to 11, not 11: JetPack 6.1/6.2) and pycuda: run a serialized plan on one inference thread.
 
 One thread per engine owns its CUDA context: it makes the context, deserializes the plan, allocates every
 buffer once (for the largest batch of the optimization profile), runs ``execute_async_v3`` on its stream and
@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 ENGINE = "tensorrt"
 MIN_VERSION = (10, 3)
+CEILING = (11, 0)
+"""The first unsupported version: TensorRT 11 removed ``BuilderFlag.FP16``/``INT8``, and JetPack 6 ships 10.3."""
 
 _NUMPY: dict[trt.DataType, type[np.generic]] = {
     trt.DataType.FLOAT: np.float32,
@@ -69,6 +71,12 @@ def probe(device: int = 0) -> GpuInfo:
     if version()[:2] < MIN_VERSION:
         floor = ".".join(map(str, MIN_VERSION))
         raise InferenceError(f"TensorRT {trt.__version__} is older than {floor} (JetPack 6.1)")
+    if version()[:2] >= CEILING:
+        raise InferenceError(
+            f"TensorRT {trt.__version__} is not supported: 11 removed the FP16/INT8 builder flags and JetPack 6 does"
+            " not support it; use JetPack's TensorRT 10 (a venv with --system-site-packages), or on a PC"
+            " pip install 'tensorrt-cu12>=10.3,<11'"
+        )
     try:
         cuda.init()
         count = cuda.Device.count()

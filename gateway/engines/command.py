@@ -78,8 +78,19 @@ def build(config: GatewayConfig, names: Sequence[str], force: bool) -> int:
         print(f"cannot build TensorRT engines here: {why}", file=sys.stderr)
         return 1
     print(f"building for {why}; cache {engines.cache.root}")
-    failed = sum(not _build_one(config, manifest, spec, engines, target, force) for spec in specs)
+    failed = sum(not _guarded(config, manifest, spec, engines, target, force) for spec in specs)
     return 1 if failed else 0
+
+
+def _guarded(
+    config: GatewayConfig, manifest: Manifest, spec: ModelSpec, engines: TensorRTEngines, target: Target, force: bool
+) -> bool:
+    """``_build_one``, where any exception (TensorRT raises its own types) fails this model only, in one line."""
+    try:
+        return _build_one(config, manifest, spec, engines, target, force)
+    except Exception as exc:
+        print(f"{spec.name}: build failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
 
 
 def _build_one(
