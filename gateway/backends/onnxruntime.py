@@ -1,7 +1,9 @@
-"""ONNX Runtime: runs the manifest's ONNX files on the CPU, or on CUDA / TensorRT execution providers when present.
+"""ONNX Runtime: runs the manifest's ONNX files on the CPU, or on the CUDA execution provider when present.
 
-Optional dependency (``pip install colposcopy-gateway[onnx]``): without it the gateway falls back to the
-classical assessor. A session is thread-safe, so worker threads share one.
+ONNX Runtime's ``TensorrtExecutionProvider`` is used only when ``models.onnxruntime_providers`` names it: it builds
+its own engine, uncached, on the first inference (about 9.5 minutes on an Orin 16 GB, past the watchdog), beside the
+gateway's own TensorRT builder. Optional dependency (``pip install colposcopy-gateway[onnx]``): without it the
+gateway falls back to the classical assessor. A session is thread-safe, so worker threads share one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 from gateway.backends.runtime import InferenceError, TensorInfo
 
 ENGINE = "onnxruntime"
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+"""Without ``models.onnxruntime_providers``; never ``TensorrtExecutionProvider`` (see the module docstring)."""
 _DTYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -44,7 +47,7 @@ def probe() -> tuple[bool, str]:
 
 
 def choose_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
-    """The requested providers that exist here (or the preferred ones when none are requested), CPU last."""
+    """The requested providers that exist here (else CUDA where it exists: never TensorRT unasked), CPU last."""
     wanted = list(requested) or list(PREFERRED_PROVIDERS)
     chosen = [p for p in wanted if p in available]
     if "CPUExecutionProvider" not in chosen:

@@ -57,7 +57,8 @@ class ModelsConfig(BaseModel):
     gpu: int = Field(default=0, ge=0, description="CUDA device index")
     onnxruntime_providers: tuple[str, ...] = Field(
         default=(),
-        description="ONNX Runtime execution providers in order; empty: TensorRT, CUDA, CPU, whichever exist",
+        description="ONNX Runtime execution providers in order; empty: CUDA, CPU, whichever exist (TensorRT's only"
+        " when named: it builds its own engine, uncached, on the first photo)",
     )
     onnxruntime_threads: int = Field(default=0, ge=0, le=64, description="Threads per session; 0: ONNX Runtime's")
     onnxruntime_memory_arena: bool = Field(
