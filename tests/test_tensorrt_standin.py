@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from gateway.backends.runtime import InferenceError
 from gateway.backends.settings import ModelsConfig
 from gateway.config import GatewayConfig, parse_config
 from gateway.doctor import run_doctor
+from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from tests.onnx_models import detector_and_classifier
 from tests.standin_gpu import StandIn, standin
@@ -58,3 +62,98 @@ def test_a_builder_exception_fails_that_model_only_in_one_line(
     for name in ("cervix-detector", "focus-classifier"):
         assert f"{name}: build failed: ValueError: stand-in: the builder raised" in err
     assert "Traceback" not in err
+
+
+# --- item 3: runtimes that close and never hang
+
+
+def standin_plan(tmp_path: Path, max_batch: int = 4) -> Path:
+    """The classifier of ``detector_and_classifier`` (gain 1: its logits follow the input) as a stand-in plan."""
+    from gateway.engines.build import BuildOptions, build_plan
+
+    models = tmp_path / "plan-models"
+    detector_and_classifier(models, gain=1.0, bias=0.0)
+    options = BuildOptions("fp16", max_batch)
+    plan = build_plan(models / "classifier.onnx", tmp_path / "timing.cache", options, BuildProgress("c", False))
+    path = tmp_path / "classifier.plan"
+    path.write_bytes(plan)
+    return path
+
+
+def crops(rows: int, value: float = 0.0) -> dict[str, np.ndarray]:
+    return {"crops": np.full((rows, 3, 16, 16), value, dtype=np.float32)}
+
+
+def test_run_racing_close_always_answers(standin: StandIn, tmp_path: Path) -> None:
+    """Before: 20 callers stuck in 40 trials (the request queued behind close's None, or after the release)."""
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    plan = standin_plan(tmp_path)
+    for _ in range(40):
+        runtime = TensorRTRuntime(plan)
+        answers: list[object] = []
+
+        def call(runtime: TensorRTRuntime = runtime, answers: list[object] = answers) -> None:
+            try:
+                answers.append(runtime.run(crops(1)))
+            except InferenceError as exc:
+                answers.append(exc)
+
+        threads = [threading.Thread(target=call, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        runtime.close()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "a caller waits forever"
+        assert len(answers) == 4
+    assert standin.cuda.allocated == 0 and standin.cuda.contexts == 0
+
+
+def test_a_closed_runtime_answers_every_call_with_inference_error(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    runtime = TensorRTRuntime(standin_plan(tmp_path))
+    assert runtime.run(crops(2))["logits"].shape == (2, 2)
+    runtime.close()
+    with pytest.raises(InferenceError, match=r"classifier\.plan: the runtime is closed"):
+        runtime.run(crops(1))
+    with pytest.raises(InferenceError, match="no CUDA context"):
+        runtime.memory()
+    runtime.close()
+
+
+def test_a_failed_load_whose_release_raises_still_returns(standin: StandIn, tmp_path: Path) -> None:
+    """Before: the constructor never returned (the release raised before the load's error was handed over)."""
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    plan = standin_plan(tmp_path)
+    standin.set("no_exec_context,detach_raises")
+    box: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            TensorRTRuntime(plan)
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the constructor never returned"
+    assert isinstance(box[0], InferenceError) and "cannot create an execution context" in str(box[0])
+
+
+def test_releasing_is_best_effort(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    runtime = TensorRTRuntime(standin_plan(tmp_path))
+    runtime.run(crops(1))
+    standin.set("free_raises")
+    runtime.close()  # freeing the host buffers raises: logged, and the context is released all the same
+    assert standin.cuda.contexts == 0
+    standin.set("")
+    runtime = TensorRTRuntime(runtime.plan)
+    standin.set("detach_raises")
+    runtime.close()  # the other way round: the buffers are freed though the context does not detach
+    assert standin.cuda.contexts == 1

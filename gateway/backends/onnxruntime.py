@@ -80,7 +80,7 @@ class OnnxRuntime:
             options.intra_op_num_threads = threads
         chosen = choose_providers(providers, ort.get_available_providers())
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+            self._session: Any = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile...)
             raise InferenceError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.path = path
@@ -98,11 +98,15 @@ class OnnxRuntime:
         return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise InferenceError(f"{self.path.name}: the runtime is closed")
         try:
-            values = self._session.run(self._output_names, dict(inputs))
+            values = session.run(self._output_names, dict(inputs))
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on {self.path.name}: {exc}") from exc
         return {name: np.asarray(value) for name, value in zip(self._output_names, values, strict=True)}
 
     def close(self) -> None:
-        """Sessions free themselves when dropped; nothing to release early."""
+        """Drop the session (it frees itself once no call holds it); later calls get InferenceError."""
+        self._session = None

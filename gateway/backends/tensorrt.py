@@ -20,10 +20,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -144,21 +146,34 @@ class _Request:
 
 
 class TensorRTRuntime:
-    """One TensorRT plan, run by its own inference thread."""
+    """One TensorRT plan, run by its own inference thread.
+
+    No wait is unbounded: loading waits ``load_timeout_s``, a call ``run_timeout_s``, ``close`` its ``timeout``. A
+    closed runtime answers every call with ``InferenceError``; releasing is best-effort, step by step.
+    """
 
     engine = ENGINE
 
-    def __init__(self, plan: Path, device: int = 0) -> None:
+    def __init__(
+        self, plan: Path, device: int = 0, load_timeout_s: float = 300.0, run_timeout_s: float = 60.0
+    ) -> None:
         self.plan = plan
         self._device_index = device
+        self._run_timeout_s = run_timeout_s
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._tensors: list[_Tensor] = []
         self._max_batch = 1
         self._context: cuda.Context | None = None
+        self._lock = threading.Lock()
+        self._closed = False
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._serve, args=(ready,), name=f"tensorrt-{plan.stem}", daemon=True)
         self._thread.start()
-        ready.result()
+        try:
+            ready.result(load_timeout_s)
+        except FutureTimeout:
+            self.close(0)
+            raise InferenceError(f"{plan.name}: not loaded within {load_timeout_s:.0f} s") from None
         self._inputs = tuple(self._info(t) for t in self._tensors if t.is_input)
         self._outputs = tuple(self._info(t) for t in self._tensors if not t.is_input)
 
@@ -180,16 +195,20 @@ class TensorRTRuntime:
         return self._max_batch
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._thread.is_alive():
-            raise InferenceError(f"{self.plan.name}: the inference thread has stopped")
         batches = {int(np.shape(v)[0]) for v in inputs.values()}
         if len(batches) != 1:
             raise InferenceError(f"{self.plan.name}: inputs have different batch sizes {sorted(batches)}")
         request = _Request(inputs, batches.pop())
         if request.batch > self._max_batch:
             raise InferenceError(f"{self.plan.name}: batch {request.batch} > the engine's {self._max_batch}")
-        self._requests.put(request)
-        return request.future.result()
+        with self._lock:  # never queued behind close's None: nobody would answer it
+            if self._closed or not self._thread.is_alive():
+                raise InferenceError(f"{self.plan.name}: the runtime is closed")
+            self._requests.put(request)
+        try:
+            return request.future.result(self._run_timeout_s)
+        except FutureTimeout:
+            raise InferenceError(f"{self.plan.name}: no answer within {self._run_timeout_s:.0f} s") from None
 
     def memory(self) -> tuple[int, int]:
         """Free and total GPU memory, from any thread (pushes this runtime's context, pops it after)."""
@@ -198,9 +217,25 @@ class TensorRTRuntime:
         return int(free), int(total)
 
     def close(self, timeout: float = 10.0) -> None:
-        if self._thread.is_alive():
+        """Finish the calls queued so far, then release everything (waits at most ``timeout``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._requests.put(None)
-            self._thread.join(timeout)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("tensorrt_close_timeout", plan=self.plan.name, timeout_s=timeout)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request.future.set_exception(InferenceError(f"{self.plan.name}: the runtime is closed"))
 
     @contextmanager
     def _current(self) -> Iterator[None]:
@@ -222,8 +257,13 @@ class TensorRTRuntime:
         try:
             self._load()
         except Exception as exc:
-            self._release()
-            ready.set_exception(exc if isinstance(exc, InferenceError) else InferenceError(f"{self.plan.name}: {exc}"))
+            with self._lock:
+                self._closed = True
+            try:
+                self._release()
+            finally:
+                error = exc if isinstance(exc, InferenceError) else InferenceError(f"{self.plan.name}: {exc}")
+                ready.set_exception(error)
             return
         ready.set_result(None)
         held: deque[_Request] = deque()
@@ -365,23 +405,25 @@ class TensorRTRuntime:
         return outputs
 
     def _release(self) -> None:
-        """Free buffers, engine and context, with the context current (TensorRT objects free GPU memory)."""
+        """Free buffers, engine and context, with the context current (TensorRT objects free GPU memory). Each step
+        is best-effort: one that raises is logged and the others still run."""
+
+        def attempt(step: str, action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as exc:
+                log.warning("tensorrt_release_failed", plan=self.plan.name, step=step, error=str(exc))
+
         for tensor in self._tensors:
             if tensor.allocation is not None:
-                tensor.allocation.free()
-            cast(_HostAllocation, tensor.host.base).free()
+                attempt(f"free {tensor.name}", tensor.allocation.free)
+            attempt(f"free host {tensor.name}", cast(_HostAllocation, tensor.host.base).free)
         self._tensors = []
         for attribute in ("_exec", "_engine", "_runtime", "_stream"):
             if hasattr(self, attribute):
-                delattr(self, attribute)
+                attempt(f"delete {attribute}", partial(delattr, self, attribute))
         if self._context is not None:
-            cuda.Context.pop()
-            self._context.detach()
+            attempt("pop the context", cuda.Context.pop)
+            attempt("detach the context", self._context.detach)
             self._context = None
-        while True:  # fail whatever is still queued
-            try:
-                request = self._requests.get_nowait()
-            except queue.Empty:
-                break
-            if request is not None:
-                request.future.set_exception(InferenceError(f"{self.plan.name}: the runtime is closed"))
+        self._fail_queued()

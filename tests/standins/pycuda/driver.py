@@ -1,6 +1,7 @@
 """Stand-in ``pycuda.driver``: devices, contexts, streams and "device" memory kept in a registry.
 
-Faults (``STANDIN_FAULTS``): ``no_cuda`` (``init`` raises), ``detach_raises`` (releasing a context raises).
+Faults (``STANDIN_FAULTS``): ``no_cuda`` (``init`` raises), ``detach_raises`` (releasing a context raises),
+``free_raises`` (freeing a pinned host buffer raises).
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ class HostAllocation:
         return self.address
 
     def free(self) -> None:
+        if "free_raises" in faults():
+            raise LogicError("cuMemFreeHost failed: invalid argument")
         _unregister(self.address)
 
 
