@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.doctor import run_doctor
 from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
+from gateway.judge import PhotoRequest, build_judge
 from tests.onnx_models import detector_and_classifier
 from tests.standin_gpu import StandIn, standin
 
@@ -157,3 +160,56 @@ def test_releasing_is_best_effort(standin: StandIn, tmp_path: Path) -> None:
     standin.set("detach_raises")
     runtime.close()  # the other way round: the buffers are freed though the context does not detach
     assert standin.cuda.contexts == 1
+
+
+# --- item 4: a broken CUDA context is not served forever
+
+
+def png(value: int = 128) -> bytes:
+    return bytes(cv2.imencode(".png", np.full((120, 160, 3), value, dtype=np.uint8))[1].tobytes())
+
+
+def test_a_sticky_cuda_error_switches_to_onnxruntime_degraded_until_restart(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    judge = build_judge(config)
+    slot = judge.pipeline.slot
+    assert (slot.current.name, slot.state) == ("tensorrt", "online"), slot.reason
+    changes: list[tuple[str, str]] = []
+    slot.on_change(lambda s: changes.append((s.current.name, s.state)))
+    first = judge.judge(PhotoRequest("s", "d", "ok", png(), in_run=False)).verdict
+    assert (first.backend, first.verdict) != ("tensorrt", "error")
+    standin.set("sticky_after:0")  # every execute_async_v3 from now on fails, as after a sticky CUDA error
+    for n in range(3):
+        failed = judge.judge(PhotoRequest("s", "d", f"bad-{n}", png(), in_run=False)).verdict
+        assert (failed.backend, failed.verdict, [str(r) for r in failed.reasons]) == ("tensorrt", "error", ["internal"])
+    deadline = time.monotonic() + 60
+    while slot.current.name != "onnxruntime" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (slot.current.name, slot.state) == ("onnxruntime", "degraded")
+    assert slot.reason.startswith("TensorRT failed 3 inferences in a row (")
+    assert slot.reason.endswith("serving through onnxruntime until restart")
+    assert changes == [("onnxruntime", "degraded")]
+    after = judge.judge(PhotoRequest("s", "d", "after", png(), in_run=False)).verdict
+    assert after.backend == "onnxruntime" and after.verdict != "error"
+    while standin.cuda.contexts and time.monotonic() < deadline:  # the TensorRT runtimes are closed
+        time.sleep(0.05)
+    assert standin.cuda.contexts == 0
+    slot.close()
+
+
+@pytest.mark.parametrize("fault", ["execute_raises", "sticky_after:0"])
+def test_the_stream_is_synchronised_after_a_failed_execute(standin: StandIn, tmp_path: Path, fault: str) -> None:
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    runtime = TensorRTRuntime(standin_plan(tmp_path))
+    try:
+        before = standin.cuda.synchronized
+        standin.set(fault)
+        with pytest.raises(InferenceError):
+            runtime.run(crops(1))
+        assert standin.cuda.synchronized == before + 1
+    finally:
+        runtime.close()

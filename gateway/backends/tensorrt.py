@@ -391,17 +391,20 @@ class TensorRTRuntime:
                 raise InferenceError(f"{self.plan.name}: batch {total} is outside the optimization profile")
             if tensor.allocation is not None:
                 cuda.memcpy_htod_async(tensor.device, tensor.host[:total], self._stream)
-        if not self._exec.execute_async_v3(self._stream.handle):
-            raise InferenceError(f"{self.plan.name}: execute_async_v3 failed: {'; '.join(self._logger.errors)}")
         outputs: dict[str, np.ndarray] = {}
-        for tensor in self._tensors:
-            if tensor.is_input:
-                continue
-            rows = _dims(self._exec.get_tensor_shape(tensor.name))[0]
-            if tensor.allocation is not None:
-                cuda.memcpy_dtoh_async(tensor.host[:rows], tensor.device, self._stream)
-            outputs[tensor.name] = tensor.host[:rows]
-        self._stream.synchronize()
+        try:  # whatever happens, nothing of this batch is still running on the stream when the next one is written
+            queued = self._exec.execute_async_v3(self._stream.handle)
+            for tensor in self._tensors if queued else ():
+                if tensor.is_input:
+                    continue
+                rows = _dims(self._exec.get_tensor_shape(tensor.name))[0]
+                if tensor.allocation is not None:
+                    cuda.memcpy_dtoh_async(tensor.host[:rows], tensor.device, self._stream)
+                outputs[tensor.name] = tensor.host[:rows]
+        finally:
+            self._stream.synchronize()
+        if not queued:
+            raise InferenceError(f"{self.plan.name}: execute_async_v3 failed: {'; '.join(self._logger.errors)}")
         return outputs
 
     def _release(self) -> None:
