@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -213,3 +215,63 @@ def test_the_stream_is_synchronised_after_a_failed_execute(standin: StandIn, tmp
         assert standin.cuda.synchronized == before + 1
     finally:
         runtime.close()
+
+
+# --- item 5: engine builds that survive an 8 GB Orin Nano
+
+
+def meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, available_mib: int) -> None:
+    import gateway.backends.tensorrt as trt_backend
+
+    path = tmp_path / "meminfo"
+    path.write_text(f"MemTotal: 7621304 kB\nMemFree: 123456 kB\nMemAvailable: {available_mib << 10} kB\n")
+    monkeypatch.setattr(trt_backend, "MEMINFO", path)
+
+
+def test_the_build_memory_pools_follow_the_memory_available(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+
+    meminfo(tmp_path, monkeypatch, 3072)
+    assert build(gateway_config(tmp_path), ["focus-classifier"], False) == 0
+    [started] = standin.events("build_started")
+    # (3072 - 768 reserved) MiB: tactics may take 3/4, the workspace 1/4 (under the 1024 MiB cap)
+    assert started["pools"] == {"WORKSPACE": 576 << 20, "TACTIC_DRAM": 1728 << 20}
+    meminfo(tmp_path, monkeypatch, 900)
+    assert build(gateway_config(tmp_path), ["focus-classifier"], True) == 1
+    assert "focus-classifier: build failed: only 900 MiB of memory available" in capsys.readouterr().err
+    assert len(standin.events("build_started")) == 1  # not tried
+
+
+def slow_build_started(standin: StandIn, tmp_path: Path, steps: str = "200:0.1") -> tuple[Any, Any, list[object]]:
+    """A background build (as the gateway runs it) whose child has started building: (engines, thread, outcome)."""
+    config = gateway_config(tmp_path)
+    standin.set(f"build_steps:{steps}")
+    engines = TensorRTEngines(config.models)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(engines.build(config.models.manifest_path(), ["focus-classifier"]))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not standin.events("build_started") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert standin.events("build_started"), "the build child did not start building"
+    return engines, thread, outcome
+
+
+def test_the_build_child_is_the_oom_killers_first_choice_and_runs_nicer(standin: StandIn, tmp_path: Path) -> None:
+    engines, thread, _ = slow_build_started(standin, tmp_path)
+    pid = standin.events("build_started")[0]["pid"]
+    try:
+        assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    finally:
+        engines.cancel()
+        thread.join(120)

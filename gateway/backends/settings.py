@@ -53,7 +53,9 @@ class ModelsConfig(BaseModel):
         le=100,
         description="How long a batch waits for more photos; 0: batch only photos already waiting, never wait",
     )
-    workspace_mb: int = Field(default=1024, ge=64, description="TensorRT builder workspace limit")
+    workspace_mb: int = Field(
+        default=1024, ge=64, description="TensorRT builder workspace's upper limit (less when memory is short)"
+    )
     gpu: int = Field(default=0, ge=0, description="CUDA device index")
     onnxruntime_providers: tuple[str, ...] = Field(
         default=(),

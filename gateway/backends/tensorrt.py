@@ -96,6 +96,28 @@ def probe(device: int = 0) -> GpuInfo:
     )
 
 
+MEMINFO = Path("/proc/meminfo")
+
+
+def available_memory(device: int = 0) -> int:
+    """Bytes an engine build may use: ``MemAvailable`` on an integrated GPU (a Jetson: one memory for CPU and
+    GPU), else the GPU's free memory."""
+    cuda.init()
+    dev = cuda.Device(device)
+    if dev.get_attribute(cuda.device_attribute.INTEGRATED):
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        raise InferenceError(f"{MEMINFO} has no MemAvailable line")
+    context = dev.make_context()
+    try:
+        free, _total = cuda.mem_get_info()
+    finally:
+        cuda.Context.pop()
+        context.detach()
+    return int(free)
+
+
 class Logger(trt.ILogger):
     """TensorRT's messages into the structured log; the last errors are kept for exception messages."""
 

@@ -96,6 +96,7 @@ def _guarded(
 def _build_one(
     config: GatewayConfig, manifest: Manifest, spec: ModelSpec, engines: TensorRTEngines, target: Target, force: bool
 ) -> bool:
+    from gateway.backends.tensorrt import available_memory
     from gateway.engines.build import BuildError, BuildOptions, build_plan
 
     models, cache = config.models, engines.cache
@@ -115,7 +116,8 @@ def _build_one(
 
             signal.signal(signal.SIGINT, interrupt)
             try:
-                options = BuildOptions(models.precision, models.max_batch, models.workspace_mb)
+                available = available_memory(models.gpu)
+                options = BuildOptions(models.precision, models.max_batch, models.workspace_mb, available)
                 source = manifest.onnx_path(spec) if onnx is None else onnx
                 plan = build_plan(source, cache.timing_cache_path(target), options, progress)
             finally:

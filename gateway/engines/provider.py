@@ -1,12 +1,15 @@
 """The TensorRT side of backend selection: is TensorRT usable here, which plans are cached, open them, build.
 
 Builds at start run in a child process (``colpo-gateway engines build``): a crash of the builder cannot take the
-gateway down, the gateway keeps serving through ONNX Runtime meanwhile, and a stop cancels the build.
+gateway down, the gateway keeps serving through ONNX Runtime meanwhile, and a stop cancels the build. The child
+runs at a lower priority and with ``oom_score_adj`` 1000, so that when memory runs out the kernel kills the build,
+not the gateway.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import threading
@@ -100,6 +103,7 @@ class TensorRTEngines:
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
         )
         self._process = process
+        _yield_to_the_gateway(process.pid)
         assert process.stdout is not None
         for line in process.stdout:
             sys.stderr.write(line)
@@ -121,3 +125,15 @@ class TensorRTEngines:
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _yield_to_the_gateway(pid: int) -> None:
+    """The first victim of the OOM killer, and 10 nice steps below this process (best-effort: logged if refused)."""
+    try:
+        Path(f"/proc/{pid}/oom_score_adj").write_text("1000")
+    except OSError as exc:
+        log.warning("engine_build_oom_score_not_set", pid=pid, error=str(exc))
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10))
+    except OSError as exc:
+        log.warning("engine_build_priority_not_set", pid=pid, error=str(exc))
