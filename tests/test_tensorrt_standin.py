@@ -275,3 +275,63 @@ def test_the_build_child_is_the_oom_killers_first_choice_and_runs_nicer(standin:
     finally:
         engines.cancel()
         thread.join(120)
+
+
+def test_a_failed_build_is_not_retried_at_every_restart_and_force_clears_it(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    standin.set("build_fails")
+    assert build(config, ["focus-classifier"], False) == 1
+    err = capsys.readouterr().err
+    assert "focus-classifier: build failed: classifier.onnx: TensorRT could not build it: stand-in: no tactic" in err
+    assert "; not tried again before " in err and "(engines build --force tries now)" in err
+    standin.set("")  # it would build now, but the backoff holds (a restart loop must not rebuild)
+    assert build(config, ["focus-classifier"], False) == 1
+    err = capsys.readouterr().err
+    assert "focus-classifier: not rebuilt: 1 failed build(s), the last: classifier.onnx: TensorRT could not" in err
+    assert len(standin.events("build_started")) == 1
+    assert build(config, ["focus-classifier"], True) == 0  # --force
+    assert "focus-classifier: built " in capsys.readouterr().out
+    assert build(config, ["focus-classifier"], False) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert not list((tmp_path / "cache").glob("*.failed.json"))
+
+
+def test_the_backoff_doubles_up_to_a_day(tmp_path: Path) -> None:
+    from gateway.engines.cache import EngineCache, PlanKey, Target
+
+    cache = EngineCache(tmp_path)
+    key = PlanKey("m", "1", "0" * 64, "fp16", 4, Target("10.3.0.30", "Orin (nvgpu)", (8, 7)))
+    waits = [cache.record_failure(key, "no", now=1000.0) - 1000.0 for _ in range(9)]
+    assert waits == [900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 57600.0, 86400.0, 86400.0]
+    failure = cache.failure(key)
+    assert failure is not None and (failure.count, failure.error) == (9, "no")
+
+
+def test_cancelling_interrupts_the_build_which_keeps_its_timing_cache(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.provider import BuildFailed
+
+    engines, thread, outcome = slow_build_started(standin, tmp_path)
+    started = time.monotonic()
+    engines.cancel()
+    thread.join(120)
+    assert isinstance(outcome[0], BuildFailed) and str(outcome[0]) == "cancelled"
+    assert time.monotonic() - started < 60
+    [cancelled] = standin.events("build_cancelled")  # SIGINT: TensorRT was asked to stop at its next step
+    assert cancelled["pid"] == standin.events("build_started")[0]["pid"]
+    assert [p.read_bytes() for p in (tmp_path / "cache").glob("timing_*.cache")] == [b"timing+"]
+
+
+def test_a_build_past_its_time_limit_is_stopped(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.provider import BuildFailed
+
+    config = gateway_config(tmp_path, ", build_timeout_s: 20")
+    standin.set("build_steps:1200:0.1")  # two minutes
+    started = time.monotonic()
+    with pytest.raises(BuildFailed, match=r"no result within 20 s \(models.build_timeout_s\): stopped"):
+        TensorRTEngines(config.models).build(config.models.manifest_path(), ["focus-classifier"])
+    assert time.monotonic() - started < 90
+    assert standin.events("build_cancelled")

@@ -56,6 +56,9 @@ class ModelsConfig(BaseModel):
     workspace_mb: int = Field(
         default=1024, ge=64, description="TensorRT builder workspace's upper limit (less when memory is short)"
     )
+    build_timeout_s: float = Field(
+        default=7200, ge=10, description="A background engine build still running after this long is stopped"
+    )
     gpu: int = Field(default=0, ge=0, description="CUDA device index")
     onnxruntime_providers: tuple[str, ...] = Field(
         default=(),

@@ -142,9 +142,12 @@ def build_plan(onnx: Path, timing_cache: Path, options: BuildOptions, progress: 
         serialized = builder.build_serialized_network(network, config)
     finally:
         progress.close()
+        try:  # also after a failed or cancelled build: the tactics timed so far are not timed again
+            write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        except Exception as exc:
+            log.warning("timing_cache_not_saved", path=str(timing_cache), error=str(exc))
     if serialized is None:
         if progress.cancelled:
             raise BuildError(f"{onnx.name}: build cancelled")
         raise BuildError(f"{onnx.name}: TensorRT could not build it: {'; '.join(logger.errors) or 'no reason given'}")
-    write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
