@@ -110,7 +110,7 @@ class Judge:
         except DecodeError as exc:
             return Judged(self.error(request, Reason(exc.reason), exc.detail))
         decoded_at = time.monotonic()
-        backend = self.pipeline.backend  # once: a TensorRT switch-over must not mix two backends in one verdict
+        backend = self.pipeline.slot.acquire()  # once: a switch-over must not mix two backends in one verdict
         try:
             assessment = self.pipeline.assess(decoded, backend)
             device = (request.site, request.device) if request.in_run else None
@@ -118,6 +118,8 @@ class Judge:
         except Exception:
             log.exception("pipeline_failed", site=request.site, device=request.device, image_id=request.image_id)
             return Judged(self.error(request, Reason.INTERNAL, "the gateway failed to assess this photo"))
+        finally:
+            self.pipeline.slot.release(backend)  # a replaced backend closes once no photo holds it
         done = time.monotonic()
         timings = {
             "queue": _ms(started - request.received_monotonic),

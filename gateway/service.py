@@ -224,6 +224,7 @@ class GatewayService:
         self._transport.stop(last=self._status("offline"))
         self._store.close()
         self._metrics.close()
+        self._judge.pipeline.slot.close()  # cancels an engine build, closes the runtimes
         log.info("gateway_stopped", gateway_id=self._config.gateway_id, unanswered=0 if settled else self._unacked)
 
     def _status(self, state: Literal["online", "offline", "degraded"]) -> Outgoing:

@@ -69,10 +69,10 @@ def test_calls_of_several_rows_never_exceed_max_batch(session: OnnxRuntime) -> N
         t.start()
     for t in threads:
         t.join(10)
-    runtime.close()
     assert sorted(sizes) == [3, 3, 3]  # 3 + 3 > 4: each waits for the next batch
     for n, logits in results.items():
         np.testing.assert_allclose(logits, session.run({"crops": crops(n, 3)})["logits"], rtol=1e-5, atol=1e-6)
+    runtime.close()  # closes the session too
 
 
 def test_a_failing_batch_raises_in_every_caller_and_the_batcher_goes_on(session: OnnxRuntime) -> None:

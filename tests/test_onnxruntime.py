@@ -45,6 +45,13 @@ def test_probe_and_providers() -> None:
     assert choose_providers(["TensorrtExecutionProvider"], ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
+def test_onnxruntimes_tensorrt_provider_only_when_named() -> None:
+    """Its own engine build on the first photo (minutes, uncached) must not happen behind the gateway's back."""
+    jetson = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers([], jetson) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"], jetson) == jetson
+
+
 def test_runtime_reports_tensors_and_runs_a_batch(tmp_path: Path) -> None:
     detector_and_classifier(tmp_path)
     runtime = OnnxRuntime(tmp_path / "classifier.onnx")

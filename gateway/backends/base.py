@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import structlog
 
 from gateway.assessment import Box, CervixFinding, FocusFinding
+from gateway.backends.runtime import Runtime
+
+log = structlog.get_logger(__name__)
 
 
 class Detector(Protocol):
@@ -31,3 +35,13 @@ class Backend:
     """Model name -> version, reported likewise."""
     detector: Detector
     focus: FocusJudge
+    runtimes: tuple[Runtime, ...] = ()
+    """What ``close`` releases (the learned backends' runtimes)."""
+
+    def close(self) -> None:
+        """Close every runtime, best-effort (one that raises does not keep the others open)."""
+        for runtime in self.runtimes:
+            try:
+                runtime.close()
+            except Exception:
+                log.exception("runtime_close_failed", backend=self.name)

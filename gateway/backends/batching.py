@@ -71,6 +71,10 @@ class BatchingRuntime:
         self._on_batch = on_batch
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._carry: _Call | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.call_timeout_s = 120.0
+        """The longest a caller waits for its rows (then InferenceError): no wait is unbounded."""
         self._buffers: dict[str, np.ndarray] = {}
         self._thread = threading.Thread(target=self._dispatch, name=f"batcher-{inner.engine}", daemon=True)
         self._thread.start()
@@ -89,19 +93,40 @@ class BatchingRuntime:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))
+        call = _Call(inputs, rows)
+        with self._lock:  # never queued behind close's None: nobody would answer it
+            if self._closed:
+                raise InferenceError(f"{self.inner.engine} batcher: the runtime is closed")
+            if rows < self._max_batch:
+                self._calls.put(call)
         if rows >= self._max_batch:
             return self.inner.run(inputs)
-        call = _Call(inputs, rows)
-        self._calls.put(call)
-        call.done.wait()
+        if not call.done.wait(self.call_timeout_s):
+            raise InferenceError(f"{self.inner.engine} batcher: no answer within {self.call_timeout_s:.0f} s")
         if call.error is not None:
             raise call.error
         assert call.result is not None
         return call.result
 
     def close(self) -> None:
-        self._calls.put(None)
+        """Run the calls queued so far, then close the runtime behind (the dispatcher waited at most 5 s)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._calls.put(None)
         self._thread.join(5)
+        closed = InferenceError(f"{self.inner.engine} batcher: the runtime is closed")
+        leftover: list[_Call | None] = [self._carry] if self._carry is not None and not self._thread.is_alive() else []
+        while True:
+            try:
+                leftover.append(self._calls.get_nowait())
+            except queue.Empty:
+                break
+        for call in leftover:
+            if call is not None:
+                call.error = closed
+                call.done.set()
         self.inner.close()
 
     def _next(self, timeout: float | None) -> _Call | None:

@@ -119,4 +119,4 @@ def neural_backend(
     else:
         focus = ClassicalFocus(classical)
         models["classical"] = __version__
-    return Backend(name=engine, models=models, detector=detector, focus=focus)
+    return Backend(name=engine, models=models, detector=detector, focus=focus, runtimes=tuple(runtimes.values()))

@@ -1,7 +1,9 @@
-"""ONNX Runtime: runs the manifest's ONNX files on the CPU, or on CUDA / TensorRT execution providers when present.
+"""ONNX Runtime: runs the manifest's ONNX files on the CPU, or on the CUDA execution provider when present.
 
-Optional dependency (``pip install colposcopy-gateway[onnx]``): without it the gateway falls back to the
-classical assessor. A session is thread-safe, so worker threads share one.
+ONNX Runtime's ``TensorrtExecutionProvider`` is used only when ``models.onnxruntime_providers`` names it: it builds
+its own engine, uncached, on the first inference (about 9.5 minutes on an Orin 16 GB, past the watchdog), beside the
+gateway's own TensorRT builder. Optional dependency (``pip install colposcopy-gateway[onnx]``): without it the
+gateway falls back to the classical assessor. A session is thread-safe, so worker threads share one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 from gateway.backends.runtime import InferenceError, TensorInfo
 
 ENGINE = "onnxruntime"
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+"""Without ``models.onnxruntime_providers``; never ``TensorrtExecutionProvider`` (see the module docstring)."""
 _DTYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -44,7 +47,7 @@ def probe() -> tuple[bool, str]:
 
 
 def choose_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
-    """The requested providers that exist here (or the preferred ones when none are requested), CPU last."""
+    """The requested providers that exist here (else CUDA where it exists: never TensorRT unasked), CPU last."""
     wanted = list(requested) or list(PREFERRED_PROVIDERS)
     chosen = [p for p in wanted if p in available]
     if "CPUExecutionProvider" not in chosen:
@@ -77,7 +80,7 @@ class OnnxRuntime:
             options.intra_op_num_threads = threads
         chosen = choose_providers(providers, ort.get_available_providers())
         try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+            self._session: Any = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile...)
             raise InferenceError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.path = path
@@ -95,11 +98,15 @@ class OnnxRuntime:
         return self._outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise InferenceError(f"{self.path.name}: the runtime is closed")
         try:
-            values = self._session.run(self._output_names, dict(inputs))
+            values = session.run(self._output_names, dict(inputs))
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on {self.path.name}: {exc}") from exc
         return {name: np.asarray(value) for name, value in zip(self._output_names, values, strict=True)}
 
     def close(self) -> None:
-        """Sessions free themselves when dropped; nothing to release early."""
+        """Drop the session (it frees itself once no call holds it); later calls get InferenceError."""
+        self._session = None

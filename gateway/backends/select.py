@@ -5,7 +5,9 @@ TensorRT needs a plan built for this TensorRT and GPU. When one is missing or st
 gateway serves through ONNX Runtime at once and builds the plans in the background; when they are ready it
 switches over. If building fails it stays on ONNX Runtime and the slot says ``degraded``: a bad engine never
 makes the service exit (no crash loop under systemd). An explicitly configured backend that cannot run gives
-the next best one, also ``degraded``. The choice and its reason are logged and kept in the ``BackendSlot``.
+the next best one, also ``degraded``. TensorRT that fails ``FAILOVER_AFTER`` inferences in a row (a sticky CUDA
+error) is replaced by ONNX Runtime, ``degraded``, until the next start. The choice and its reason are logged
+and kept in the ``BackendSlot``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.base import Backend
 from gateway.backends.batching import BatchListeners, batched
 from gateway.backends.classical import ClassicalDetector, ClassicalFocus
+from gateway.backends.failover import FailureCount, Watched
 from gateway.backends.neural import neural_backend, open_runtimes
 from gateway.backends.runtime import InferenceError, Runtime
 from gateway.backends.slot import BackendSlot
@@ -30,6 +33,9 @@ from gateway.engines.cache import Target
 from gateway.models.manifest import Manifest, ManifestError, ModelSpec, load_manifest
 
 log = structlog.get_logger(__name__)
+
+FAILOVER_AFTER = 3
+"""Consecutive TensorRT inference failures after which the gateway serves through ONNX Runtime until restart."""
 
 
 class EngineProvider(Protocol):
@@ -88,6 +94,7 @@ class _Selector:
         """Every batcher opened here reports to this; the slot hands it to its subscribers."""
         self.start_build: Callable[[], None] | None = None
         """Starts the background build (after the choice is logged), when one is needed."""
+        self.slot: BackendSlot | None = None
 
     def engines(self) -> EngineProvider:
         if self._engines is None:
@@ -148,8 +155,23 @@ class _Selector:
         return BackendSlot(backend, f"{context}: ONNX Runtime", "degraded" if degraded else "online")
 
     def _open_tensorrt(self, manifest: Manifest, plans: dict[str, Path]) -> Backend:
-        runtimes = open_runtimes(manifest, lambda spec: self.engines().open(plans[spec.name]))
+        failures = FailureCount(FAILOVER_AFTER, lambda error: self._fail_over(manifest, error))
+        runtimes = open_runtimes(manifest, lambda spec: Watched(self.engines().open(plans[spec.name]), failures))
         return neural_backend("tensorrt", manifest, self._batched(runtimes), self.config.classical)
+
+    def _fail_over(self, manifest: Manifest, error: str) -> None:
+        """TensorRT keeps failing: switch to ONNX Runtime (else classical), degraded, on a thread of its own."""
+
+        def switch() -> None:
+            slot = self.slot
+            if slot is None:
+                return
+            interim, problem, _ = self._interim(manifest)
+            serving = interim.name if problem is None else f"classical ({problem})"
+            failed = f"TensorRT failed {FAILOVER_AFTER} inferences in a row ({error})"
+            slot.swap(interim, f"{failed}; serving through {serving} until restart", "degraded")
+
+        threading.Thread(target=switch, name="tensorrt-failover", daemon=True).start()
 
     def _tensorrt(self, manifest: Manifest, path: Path, target: Target, why: str) -> BackendSlot:
         engines = self.engines()
@@ -202,7 +224,7 @@ def select_backend(
 ) -> BackendSlot:
     """The backend the config asks for, in a slot that a background engine build may switch over later."""
     selector = _Selector(config, engines, onnx)
-    slot = selector.select()
+    slot = selector.slot = selector.select()
     slot.batches = selector.batches
     log_choice = log.info if slot.state == "online" else log.warning
     log_choice(

@@ -53,11 +53,17 @@ class ModelsConfig(BaseModel):
         le=100,
         description="How long a batch waits for more photos; 0: batch only photos already waiting, never wait",
     )
-    workspace_mb: int = Field(default=1024, ge=64, description="TensorRT builder workspace limit")
+    workspace_mb: int = Field(
+        default=1024, ge=64, description="TensorRT builder workspace's upper limit (less when memory is short)"
+    )
+    build_timeout_s: float = Field(
+        default=7200, ge=10, description="A background engine build still running after this long is stopped"
+    )
     gpu: int = Field(default=0, ge=0, description="CUDA device index")
     onnxruntime_providers: tuple[str, ...] = Field(
         default=(),
-        description="ONNX Runtime execution providers in order; empty: TensorRT, CUDA, CPU, whichever exist",
+        description="ONNX Runtime execution providers in order; empty: CUDA, CPU, whichever exist (TensorRT's only"
+        " when named: it builds its own engine, uncached, on the first photo)",
     )
     onnxruntime_threads: int = Field(default=0, ge=0, le=64, description="Threads per session; 0: ONNX Runtime's")
     onnxruntime_memory_arena: bool = Field(

@@ -1,8 +1,9 @@
 """The backend in use, swappable at run time: ONNX Runtime serves while TensorRT plans build, then TensorRT.
 
-Readers take ``slot.current`` once per photo (an atomic attribute read) and use that backend throughout, so a
-switch-over never mixes two backends in one verdict. ``state`` is ``online`` or ``degraded`` (the configured
-or preferred backend could not be had; ``reason`` says why) and goes into the availability status.
+Readers take ``slot.acquire()`` once per photo and use that backend throughout, so a switch-over never mixes two
+backends in one verdict; ``release`` it after. A replaced backend is closed once the photos that hold it are done
+(waiting at most ``retire_wait_s``), and ``close`` closes the last one. ``state`` is ``online`` or ``degraded``
+(the configured or preferred backend could not be had; ``reason`` says why) and goes into the availability status.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ State = Literal["online", "degraded"]
 
 
 class BackendSlot:
-    def __init__(self, backend: Backend, reason: str, state: State = "online") -> None:
+    def __init__(self, backend: Backend, reason: str, state: State = "online", retire_wait_s: float = 30.0) -> None:
         self._backend = backend
+        self.retire_wait_s = retire_wait_s
+        self._users: dict[int, int] = {}
+        """id(backend) -> photos holding it."""
+        self._closed = False
         self.reason = reason
         self.state: State = state
         self._lock = threading.Lock()
@@ -38,15 +43,52 @@ class BackendSlot:
     def current(self) -> Backend:
         return self._backend
 
-    def swap(self, backend: Backend, reason: str) -> None:
-        """Switch to ``backend`` (state ``online``) and tell the listeners."""
+    def acquire(self) -> Backend:
+        """The current backend, held until ``release``: it is not closed while held (within ``retire_wait_s``)."""
         with self._lock:
-            previous, self._backend = self._backend.name, backend
-            self.reason, self.state = reason, "online"
+            backend = self._backend
+            self._users[id(backend)] = self._users.get(id(backend), 0) + 1
+            return backend
+
+    def release(self, backend: Backend) -> None:
+        with self._lock:
+            left = self._users.get(id(backend), 0) - 1
+            if left > 0:
+                self._users[id(backend)] = left
+            else:
+                self._users.pop(id(backend), None)
+            self._settled.notify_all()
+
+    def swap(self, backend: Backend, reason: str, state: State = "online") -> None:
+        """Switch to ``backend``, tell the listeners, then close the previous one once the photos holding it are done
+        (this call waits for that, at most ``retire_wait_s``). After ``close``, ``backend`` is closed instead."""
+        with self._lock:
+            if self._closed:
+                previous = backend
+            else:
+                previous, self._backend = self._backend, backend
+                self.reason, self.state = reason, state
+        if previous is backend:
+            backend.close()
+            return
         log.info(
-            "backend_switched", previous=previous, backend=backend.name, models=dict(backend.models), reason=reason
+            "backend_switched",
+            previous=previous.name,
+            backend=backend.name,
+            models=dict(backend.models),
+            state=state,
+            reason=reason,
         )
         self._notify()
+        self._retire(previous)
+
+    def _retire(self, backend: Backend) -> None:
+        with self._lock:
+            done = self._settled.wait_for(lambda: id(backend) not in self._users, self.retire_wait_s)
+        if not done:
+            log.warning("backend_still_in_use", backend=backend.name, waited_s=self.retire_wait_s)
+        backend.close()
+        log.info("backend_closed", backend=backend.name)
 
     def degrade(self, reason: str) -> None:
         """Keep the current backend but report ``degraded`` with ``reason``."""
@@ -83,9 +125,14 @@ class BackendSlot:
             return self._settled.wait_for(lambda: self._pending == 0, timeout)
 
     def close(self) -> None:
-        """Cancel background work (a running engine build)."""
+        """Cancel background work (a running engine build), then close the backend once no photo holds it."""
         for closer in list(self._closers):
             try:
                 closer()
             except Exception:
                 log.exception("backend_close_failed")
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._retire(self._backend)

@@ -1,4 +1,4 @@
-"""TensorRT 10 (10.3 or newer: JetPack 6.1/6.2) with pycuda: run a serialized plan on one inference thread.
+"""TensorRT 10 (10.3 up to 11, not 11: JetPack 6.1/6.2) and pycuda: run a serialized plan on one inference thread.
 
 One thread per engine owns its CUDA context: it makes the context, deserializes the plan, allocates every
 buffer once (for the largest batch of the optimization profile), runs ``execute_async_v3`` on its stream and
@@ -20,10 +20,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol, cast
 
@@ -38,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 ENGINE = "tensorrt"
 MIN_VERSION = (10, 3)
+CEILING = (11, 0)
+"""The first unsupported version: TensorRT 11 removed ``BuilderFlag.FP16``/``INT8``, and JetPack 6 ships 10.3."""
 
 _NUMPY: dict[trt.DataType, type[np.generic]] = {
     trt.DataType.FLOAT: np.float32,
@@ -69,6 +73,12 @@ def probe(device: int = 0) -> GpuInfo:
     if version()[:2] < MIN_VERSION:
         floor = ".".join(map(str, MIN_VERSION))
         raise InferenceError(f"TensorRT {trt.__version__} is older than {floor} (JetPack 6.1)")
+    if version()[:2] >= CEILING:
+        raise InferenceError(
+            f"TensorRT {trt.__version__} is not supported: 11 removed the FP16/INT8 builder flags and JetPack 6 does"
+            " not support it; use JetPack's TensorRT 10 (a venv with --system-site-packages), or on a PC"
+            " pip install 'tensorrt-cu12>=10.3,<11'"
+        )
     try:
         cuda.init()
         count = cuda.Device.count()
@@ -84,6 +94,28 @@ def probe(device: int = 0) -> GpuInfo:
         integrated=bool(dev.get_attribute(cuda.device_attribute.INTEGRATED)),
         total_memory=dev.total_memory(),
     )
+
+
+MEMINFO = Path("/proc/meminfo")
+
+
+def available_memory(device: int = 0) -> int:
+    """Bytes an engine build may use: ``MemAvailable`` on an integrated GPU (a Jetson: one memory for CPU and
+    GPU), else the GPU's free memory."""
+    cuda.init()
+    dev = cuda.Device(device)
+    if dev.get_attribute(cuda.device_attribute.INTEGRATED):
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+        raise InferenceError(f"{MEMINFO} has no MemAvailable line")
+    context = dev.make_context()
+    try:
+        free, _total = cuda.mem_get_info()
+    finally:
+        cuda.Context.pop()
+        context.detach()
+    return int(free)
 
 
 class Logger(trt.ILogger):
@@ -136,21 +168,34 @@ class _Request:
 
 
 class TensorRTRuntime:
-    """One TensorRT plan, run by its own inference thread."""
+    """One TensorRT plan, run by its own inference thread.
+
+    No wait is unbounded: loading waits ``load_timeout_s``, a call ``run_timeout_s``, ``close`` its ``timeout``. A
+    closed runtime answers every call with ``InferenceError``; releasing is best-effort, step by step.
+    """
 
     engine = ENGINE
 
-    def __init__(self, plan: Path, device: int = 0) -> None:
+    def __init__(
+        self, plan: Path, device: int = 0, load_timeout_s: float = 300.0, run_timeout_s: float = 60.0
+    ) -> None:
         self.plan = plan
         self._device_index = device
+        self._run_timeout_s = run_timeout_s
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._tensors: list[_Tensor] = []
         self._max_batch = 1
         self._context: cuda.Context | None = None
+        self._lock = threading.Lock()
+        self._closed = False
         ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._serve, args=(ready,), name=f"tensorrt-{plan.stem}", daemon=True)
         self._thread.start()
-        ready.result()
+        try:
+            ready.result(load_timeout_s)
+        except FutureTimeout:
+            self.close(0)
+            raise InferenceError(f"{plan.name}: not loaded within {load_timeout_s:.0f} s") from None
         self._inputs = tuple(self._info(t) for t in self._tensors if t.is_input)
         self._outputs = tuple(self._info(t) for t in self._tensors if not t.is_input)
 
@@ -172,16 +217,20 @@ class TensorRTRuntime:
         return self._max_batch
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._thread.is_alive():
-            raise InferenceError(f"{self.plan.name}: the inference thread has stopped")
         batches = {int(np.shape(v)[0]) for v in inputs.values()}
         if len(batches) != 1:
             raise InferenceError(f"{self.plan.name}: inputs have different batch sizes {sorted(batches)}")
         request = _Request(inputs, batches.pop())
         if request.batch > self._max_batch:
             raise InferenceError(f"{self.plan.name}: batch {request.batch} > the engine's {self._max_batch}")
-        self._requests.put(request)
-        return request.future.result()
+        with self._lock:  # never queued behind close's None: nobody would answer it
+            if self._closed or not self._thread.is_alive():
+                raise InferenceError(f"{self.plan.name}: the runtime is closed")
+            self._requests.put(request)
+        try:
+            return request.future.result(self._run_timeout_s)
+        except FutureTimeout:
+            raise InferenceError(f"{self.plan.name}: no answer within {self._run_timeout_s:.0f} s") from None
 
     def memory(self) -> tuple[int, int]:
         """Free and total GPU memory, from any thread (pushes this runtime's context, pops it after)."""
@@ -190,9 +239,25 @@ class TensorRTRuntime:
         return int(free), int(total)
 
     def close(self, timeout: float = 10.0) -> None:
-        if self._thread.is_alive():
+        """Finish the calls queued so far, then release everything (waits at most ``timeout``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._requests.put(None)
-            self._thread.join(timeout)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("tensorrt_close_timeout", plan=self.plan.name, timeout_s=timeout)
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request.future.set_exception(InferenceError(f"{self.plan.name}: the runtime is closed"))
 
     @contextmanager
     def _current(self) -> Iterator[None]:
@@ -214,8 +279,13 @@ class TensorRTRuntime:
         try:
             self._load()
         except Exception as exc:
-            self._release()
-            ready.set_exception(exc if isinstance(exc, InferenceError) else InferenceError(f"{self.plan.name}: {exc}"))
+            with self._lock:
+                self._closed = True
+            try:
+                self._release()
+            finally:
+                error = exc if isinstance(exc, InferenceError) else InferenceError(f"{self.plan.name}: {exc}")
+                ready.set_exception(error)
             return
         ready.set_result(None)
         held: deque[_Request] = deque()
@@ -343,37 +413,42 @@ class TensorRTRuntime:
                 raise InferenceError(f"{self.plan.name}: batch {total} is outside the optimization profile")
             if tensor.allocation is not None:
                 cuda.memcpy_htod_async(tensor.device, tensor.host[:total], self._stream)
-        if not self._exec.execute_async_v3(self._stream.handle):
-            raise InferenceError(f"{self.plan.name}: execute_async_v3 failed: {'; '.join(self._logger.errors)}")
         outputs: dict[str, np.ndarray] = {}
-        for tensor in self._tensors:
-            if tensor.is_input:
-                continue
-            rows = _dims(self._exec.get_tensor_shape(tensor.name))[0]
-            if tensor.allocation is not None:
-                cuda.memcpy_dtoh_async(tensor.host[:rows], tensor.device, self._stream)
-            outputs[tensor.name] = tensor.host[:rows]
-        self._stream.synchronize()
+        try:  # whatever happens, nothing of this batch is still running on the stream when the next one is written
+            queued = self._exec.execute_async_v3(self._stream.handle)
+            for tensor in self._tensors if queued else ():
+                if tensor.is_input:
+                    continue
+                rows = _dims(self._exec.get_tensor_shape(tensor.name))[0]
+                if tensor.allocation is not None:
+                    cuda.memcpy_dtoh_async(tensor.host[:rows], tensor.device, self._stream)
+                outputs[tensor.name] = tensor.host[:rows]
+        finally:
+            self._stream.synchronize()
+        if not queued:
+            raise InferenceError(f"{self.plan.name}: execute_async_v3 failed: {'; '.join(self._logger.errors)}")
         return outputs
 
     def _release(self) -> None:
-        """Free buffers, engine and context, with the context current (TensorRT objects free GPU memory)."""
+        """Free buffers, engine and context, with the context current (TensorRT objects free GPU memory). Each step
+        is best-effort: one that raises is logged and the others still run."""
+
+        def attempt(step: str, action: Callable[[], object]) -> None:
+            try:
+                action()
+            except Exception as exc:
+                log.warning("tensorrt_release_failed", plan=self.plan.name, step=step, error=str(exc))
+
         for tensor in self._tensors:
             if tensor.allocation is not None:
-                tensor.allocation.free()
-            cast(_HostAllocation, tensor.host.base).free()
+                attempt(f"free {tensor.name}", tensor.allocation.free)
+            attempt(f"free host {tensor.name}", cast(_HostAllocation, tensor.host.base).free)
         self._tensors = []
         for attribute in ("_exec", "_engine", "_runtime", "_stream"):
             if hasattr(self, attribute):
-                delattr(self, attribute)
+                attempt(f"delete {attribute}", partial(delattr, self, attribute))
         if self._context is not None:
-            cuda.Context.pop()
-            self._context.detach()
+            attempt("pop the context", cuda.Context.pop)
+            attempt("detach the context", self._context.detach)
             self._context = None
-        while True:  # fail whatever is still queued
-            try:
-                request = self._requests.get_nowait()
-            except queue.Empty:
-                break
-            if request is not None:
-                request.future.set_exception(InferenceError(f"{self.plan.name}: the runtime is closed"))
+        self._fail_queued()

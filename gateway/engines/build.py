@@ -26,12 +26,37 @@ class BuildError(RuntimeError):
     """The builder refused; the message carries TensorRT's errors."""
 
 
+RESERVE = 768 << 20
+"""Memory left to the gateway (serving meanwhile) and the system when sizing a build's memory pools."""
+LEAST = 256 << 20
+"""Below this much to build with, a build is not tried (it would only push the box into the OOM killer)."""
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp16"
     """fp16, fp32, or int8 (the ONNX must then be a QDQ model)."""
     max_batch: int = 4
     workspace_mb: int = 1024
+    """The workspace's upper limit; less when memory is short (``pool_limits``)."""
+    available: int | None = None
+    """Bytes available to the build (``gateway.backends.tensorrt.available_memory``); None: TensorRT's defaults."""
+
+
+def pool_limits(options: BuildOptions) -> tuple[int, int | None]:
+    """(WORKSPACE, TACTIC_DRAM) limits in bytes, from the memory available less ``RESERVE``: tactics may use 3/4 of
+    it (TensorRT's own default is 3/4 of the device's total on a Jetson, whatever else runs), a layer's workspace
+    1/4, at most ``workspace_mb``. Raises BuildError when too little is left."""
+    cap = options.workspace_mb << 20
+    if options.available is None:
+        return cap, None
+    budget = options.available - RESERVE
+    if budget < LEAST:
+        raise BuildError(
+            f"only {options.available >> 20} MiB of memory available; a build needs {(LEAST + RESERVE) >> 20} MiB"
+            " (the gateway keeps serving meanwhile)"
+        )
+    return min(cap, budget // 4), budget * 3 // 4
 
 
 class _Monitor(trt.IProgressMonitor):
@@ -93,11 +118,15 @@ def _profile(builder: trt.Builder, network: trt.INetworkDefinition, max_batch: i
 
 def build_plan(onnx: Path, timing_cache: Path, options: BuildOptions, progress: BuildProgress) -> bytes:
     """Build and return a serialized plan; the timing cache file is read and updated."""
+    workspace, tactics = pool_limits(options)  # before anything is allocated
     logger = Logger(trt.ILogger.Severity.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _parse(builder, onnx, logger)
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if tactics is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.TACTIC_DRAM, tactics)
+    log.info("engine_build_memory", workspace_mb=workspace >> 20, tactic_dram_mb=tactics and tactics >> 20)
     if options.precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)  # allows FP16 kernels; TensorRT still picks the fastest
     if options.precision == "int8":
@@ -113,9 +142,12 @@ def build_plan(onnx: Path, timing_cache: Path, options: BuildOptions, progress: 
         serialized = builder.build_serialized_network(network, config)
     finally:
         progress.close()
+        try:  # also after a failed or cancelled build: the tactics timed so far are not timed again
+            write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        except Exception as exc:
+            log.warning("timing_cache_not_saved", path=str(timing_cache), error=str(exc))
     if serialized is None:
         if progress.cancelled:
             raise BuildError(f"{onnx.name}: build cancelled")
         raise BuildError(f"{onnx.name}: TensorRT could not build it: {'; '.join(logger.errors) or 'no reason given'}")
-    write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))

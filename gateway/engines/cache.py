@@ -60,6 +60,19 @@ class PlanKey:
         )
 
 
+FIRST_RETRY_S = 900.0
+LAST_RETRY_S = 86400.0
+"""A failed build is tried again after 15 minutes, then twice as long after each further failure, at most a day."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    count: int
+    error: str
+    retry_at: float
+    """Epoch seconds."""
+
+
 @dataclass(frozen=True)
 class CachedPlan:
     path: Path
@@ -92,6 +105,30 @@ class EngineCache:
         write_atomic(path, plan)
         write_atomic(path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
         return path
+
+    def _failure_path(self, key: PlanKey) -> Path:
+        return self.plan_path(key).with_suffix(".failed.json")
+
+    def failure(self, key: PlanKey) -> Failure | None:
+        """The failed builds of ``key`` since its last success (restarts do not rebuild in a loop)."""
+        try:
+            data = json.loads(self._failure_path(key).read_text())
+            return Failure(int(data["count"]), str(data["error"]), float(data["retry_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def record_failure(self, key: PlanKey, error: str, now: float | None = None) -> float:
+        """Remember a failed build; returns when the next may be tried (epoch seconds)."""
+        now = time.time() if now is None else now
+        previous = self.failure(key)
+        count = 1 if previous is None else previous.count + 1
+        retry_at = now + min(LAST_RETRY_S, FIRST_RETRY_S * 2.0 ** (count - 1))
+        failure = {"count": count, "error": error, "retry_at": retry_at, "failed_at": now}
+        write_atomic(self._failure_path(key), json.dumps(failure, indent=2).encode())
+        return retry_at
+
+    def clear_failure(self, key: PlanKey) -> None:
+        self._failure_path(key).unlink(missing_ok=True)
 
     def discard(self, path: Path) -> None:
         """Remove a plan that does not load (and its sidecar)."""

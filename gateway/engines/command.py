@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from gateway.backends.runtime import InferenceError, shapes
+from gateway.backends.runtime import shapes
 from gateway.config import GatewayConfig
-from gateway.engines.cache import EngineCache, PlanKey, Target
+from gateway.engines.cache import EngineCache, Target, write_atomic
 from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.engines.quantize import QuantizeError, quantize_qdq
@@ -78,51 +79,121 @@ def build(config: GatewayConfig, names: Sequence[str], force: bool) -> int:
         print(f"cannot build TensorRT engines here: {why}", file=sys.stderr)
         return 1
     print(f"building for {why}; cache {engines.cache.root}")
-    failed = sum(not _build_one(config, manifest, spec, engines, target, force) for spec in specs)
+    interrupted = threading.Event()
+    building: list[BuildProgress] = []
+
+    def interrupt(_sig: int, _frame: FrameType | None) -> None:
+        """SIGINT (Ctrl-C, or the gateway cancelling): TensorRT stops at its next step; no further model starts."""
+        interrupted.set()
+        for progress in building:
+            progress.cancel()
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        failed = 0
+        for spec in specs:
+            if interrupted.is_set():
+                print(f"{spec.name}: not built: interrupted", file=sys.stderr)
+                failed += 1
+                continue
+            failed += not _guarded(config, manifest, spec, engines, target, force, building)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 1 if failed else 0
 
 
-def _build_one(
-    config: GatewayConfig, manifest: Manifest, spec: ModelSpec, engines: TensorRTEngines, target: Target, force: bool
+def _guarded(
+    config: GatewayConfig,
+    manifest: Manifest,
+    spec: ModelSpec,
+    engines: TensorRTEngines,
+    target: Target,
+    force: bool,
+    building: list[BuildProgress],
 ) -> bool:
-    from gateway.engines.build import BuildError, BuildOptions, build_plan
+    """``_build_one``, where any exception (TensorRT raises its own types) fails this model only, in one line."""
+    try:
+        return _build_one(config, manifest, spec, engines, target, force, building)
+    except Exception as exc:
+        print(f"{spec.name}: build failed: {_why(exc)}", file=sys.stderr)
+        return False
+
+
+def _why(exc: Exception) -> str:
+    from gateway.engines.build import BuildError
+
+    return str(exc) if isinstance(exc, BuildError | QuantizeError | OSError) else f"{type(exc).__name__}: {exc}"
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
+
+def _build_one(
+    config: GatewayConfig,
+    manifest: Manifest,
+    spec: ModelSpec,
+    engines: TensorRTEngines,
+    target: Target,
+    force: bool,
+    building: list[BuildProgress],
+) -> bool:
+    from gateway.backends.tensorrt import available_memory
+    from gateway.engines.build import BuildOptions, build_plan
 
     models, cache = config.models, engines.cache
-    key = PlanKey.of(spec, models.precision, models.max_batch, target)
+    key = engines.key(spec, target)
     started = time.monotonic()
     with cache.lock():
         if not force and (existing := cache.find(key)) is not None:
             print(f"{spec.name}: up to date ({existing.name})")
             return True
+        failure = cache.failure(key)
+        if force:
+            cache.clear_failure(key)
+        elif failure is not None and failure.retry_at > time.time():
+            print(
+                f"{spec.name}: not rebuilt: {failure.count} failed build(s), the last: {failure.error}; next try after"
+                f" {_when(failure.retry_at)} (engines build --force tries now)",
+                file=sys.stderr,
+            )
+            return False
         try:
             onnx = _qdq(config, manifest, spec, cache, False) if models.precision == "int8" else None
             progress = BuildProgress(spec.name)
-            previous = signal.getsignal(signal.SIGINT)
-
-            def interrupt(_sig: int, _frame: FrameType | None) -> None:
-                progress.cancel()
-
-            signal.signal(signal.SIGINT, interrupt)
-            try:
-                options = BuildOptions(models.precision, models.max_batch, models.workspace_mb)
-                source = manifest.onnx_path(spec) if onnx is None else onnx
-                plan = build_plan(source, cache.timing_cache_path(target), options, progress)
-            finally:
-                signal.signal(signal.SIGINT, previous)
-        except (BuildError, QuantizeError, OSError) as exc:
-            print(f"{spec.name}: build failed: {exc}", file=sys.stderr)
+            building[:] = [progress]
+            available = available_memory(models.gpu)
+            options = BuildOptions(models.precision, models.max_batch, models.workspace_mb, available)
+            source = manifest.onnx_path(spec) if onnx is None else onnx
+            plan = build_plan(source, cache.timing_cache_path(target), options, progress)
+            _verify(spec, engines, cache.plan_path(key), plan)
+        except Exception as exc:
+            retry_at = cache.record_failure(key, _why(exc))
+            print(
+                f"{spec.name}: build failed: {_why(exc)}; not tried again before {_when(retry_at)}"
+                " (engines build --force tries now)",
+                file=sys.stderr,
+            )
             return False
+        finally:
+            building.clear()
         path = cache.write_plan(key, plan)
-    try:  # a plan that does not load or does not match the manifest is no plan
-        runtime = engines.open(path)
+        cache.clear_failure(key)
+    size_mb = path.stat().st_size / 1e6
+    print(f"{spec.name}: built {path.name} ({size_mb:.1f} MB) in {time.monotonic() - started:.0f} s")
+    return True
+
+
+def _verify(spec: ModelSpec, engines: TensorRTEngines, final: Path, plan: bytes) -> None:
+    """A new plan must load and match the manifest before it goes into the cache (raises InferenceError or
+    ManifestError); it is opened from a temporary file beside its final place."""
+    trial = final.with_name(f".trial-{final.name}")
+    write_atomic(trial, plan)
+    try:
+        runtime = engines.open(trial)
         try:
             check_signature(spec, shapes(runtime.inputs), shapes(runtime.outputs))
         finally:
             runtime.close()
-    except (InferenceError, ManifestError) as exc:
-        cache.discard(path)
-        print(f"{spec.name}: the new plan does not load or match the manifest: {exc}", file=sys.stderr)
-        return False
-    size_mb = path.stat().st_size / 1e6
-    print(f"{spec.name}: built {path.name} ({size_mb:.1f} MB) in {time.monotonic() - started:.0f} s")
-    return True
+    finally:
+        trial.unlink(missing_ok=True)

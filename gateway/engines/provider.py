@@ -1,12 +1,17 @@
 """The TensorRT side of backend selection: is TensorRT usable here, which plans are cached, open them, build.
 
 Builds at start run in a child process (``colpo-gateway engines build``): a crash of the builder cannot take the
-gateway down, the gateway keeps serving through ONNX Runtime meanwhile, and a stop cancels the build.
+gateway down, the gateway keeps serving through ONNX Runtime meanwhile, and a stop or ``models.build_timeout_s``
+cancels the build (SIGINT: TensorRT stops at its next step and the timing cache is kept; then SIGTERM). The child
+runs at a lower priority and with ``oom_score_adj`` 1000, so that when memory runs out the kernel kills the build,
+not the gateway.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +39,8 @@ class TensorRTEngines:
         self.cache = EngineCache(config.cache_dir())
         self._process: subprocess.Popen[str] | None = None
         self._cancelled = threading.Event()
+        self.interrupt_wait_s = 60.0
+        """How long an interrupted build may take to stop before SIGTERM."""
 
     def probe(self) -> tuple[Target | None, str]:
         """The build target here, or None and why TensorRT cannot run."""
@@ -100,24 +107,61 @@ class TensorRTEngines:
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
         )
         self._process = process
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stderr.write(line)
-            if line.strip():
-                tail.append(line.strip())
-        code = process.wait()
-        self._process = None
+        _yield_to_the_gateway(process.pid)
+        limit = self.config.build_timeout_s
+        timed_out = threading.Event()
+
+        def time_out() -> None:
+            timed_out.set()
+            self._stop(process)
+
+        timer = threading.Timer(limit, time_out)
+        timer.daemon = True
+        timer.start()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                sys.stderr.write(line)
+                if line.strip():
+                    tail.append(line.strip())
+            code = process.wait()
+        finally:
+            timer.cancel()
+            self._process = None
         if self._cancelled.is_set():
             raise BuildFailed("cancelled")
+        if timed_out.is_set():
+            raise BuildFailed(f"no result within {limit:.0f} s (models.build_timeout_s): stopped")
         if code != 0:
             raise BuildFailed(f"colpo-gateway engines build exited with {code}: {tail[-1] if tail else 'no output'}")
 
     def cancel(self) -> None:
         self._cancelled.set()
         process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
+        if process is not None:
+            self._stop(process)
+
+    def _stop(self, process: subprocess.Popen[str]) -> None:
+        """SIGINT first (the builder stops at its next step and saves its timing cache), then SIGTERM, then SIGKILL."""
+        for sig, wait_s in ((signal.SIGINT, self.interrupt_wait_s), (signal.SIGTERM, 10.0)):
+            if process.poll() is not None:
+                return
+            process.send_signal(sig)
             try:
-                process.wait(10)
+                process.wait(wait_s)
+                return
             except subprocess.TimeoutExpired:
-                process.kill()
+                log.warning("engine_build_did_not_stop", signal=sig.name, waited_s=wait_s)
+        process.kill()
+
+
+def _yield_to_the_gateway(pid: int) -> None:
+    """The first victim of the OOM killer, and 10 nice steps below this process (best-effort: logged if refused)."""
+    try:
+        Path(f"/proc/{pid}/oom_score_adj").write_text("1000")
+    except OSError as exc:
+        log.warning("engine_build_oom_score_not_set", pid=pid, error=str(exc))
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10))
+    except OSError as exc:
+        log.warning("engine_build_priority_not_set", pid=pid, error=str(exc))

@@ -1,0 +1,337 @@
+"""The TensorRT path on a CPU-only machine: the gateway's TensorRT code run against stand-in ``tensorrt`` and
+``pycuda`` modules (tests/standins: "plans" that ONNX Runtime runs, with faults on demand)."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.backends.runtime import InferenceError
+from gateway.backends.settings import ModelsConfig
+from gateway.config import GatewayConfig, parse_config
+from gateway.doctor import run_doctor
+from gateway.engines.progress import BuildProgress
+from gateway.engines.provider import TensorRTEngines
+from gateway.judge import PhotoRequest, build_judge
+from tests.onnx_models import detector_and_classifier
+from tests.standin_gpu import StandIn, standin
+
+__all__ = ["standin"]
+
+
+def gateway_config(tmp_path: Path, extra: str = "") -> GatewayConfig:
+    manifest = tmp_path / "models" / "manifest.yaml"
+    if not manifest.is_file():
+        detector_and_classifier(manifest.parent)
+    models = f"manifest: '{manifest}', engine_cache_dir: '{tmp_path / 'cache'}'{extra}"
+    return parse_config(f"broker: {{url: 'mqtt://127.0.0.1:1'}}\nmodels: {{{models}}}\n")
+
+
+# --- item 1: one supported API range
+
+
+def test_tensorrt_11_is_refused_and_doctor_says_what_to_install(standin: StandIn, tmp_path: Path) -> None:
+    standin.set(version="11.0.0.4")
+    target, why = TensorRTEngines(ModelsConfig()).probe()
+    assert target is None
+    assert why.startswith("TensorRT 11.0.0.4 is not supported: 11 removed the FP16/INT8 builder flags")
+    assert "pip install 'tensorrt-cu12>=10.3,<11'" in why
+    out = io.StringIO()
+    run_doctor(gateway_config(tmp_path), out)
+    assert f"tensorrt     no   {why}" in out.getvalue()
+
+
+def test_tensorrt_10_3_up_to_11_is_accepted(standin: StandIn) -> None:
+    for version in ("10.3.0.30", "10.13.3.9"):
+        standin.set(version=version)
+        target, why = TensorRTEngines(ModelsConfig()).probe()
+        assert target is not None and target.tensorrt_version == version, why
+
+
+def test_a_builder_exception_fails_that_model_only_in_one_line(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+
+    standin.set("build_raises")
+    assert build(gateway_config(tmp_path), [], False) == 1
+    err = capsys.readouterr().err
+    for name in ("cervix-detector", "focus-classifier"):
+        assert f"{name}: build failed: ValueError: stand-in: the builder raised" in err
+    assert "Traceback" not in err
+
+
+# --- item 3: runtimes that close and never hang
+
+
+def standin_plan(tmp_path: Path, max_batch: int = 4) -> Path:
+    """The classifier of ``detector_and_classifier`` (gain 1: its logits follow the input) as a stand-in plan."""
+    from gateway.engines.build import BuildOptions, build_plan
+
+    models = tmp_path / "plan-models"
+    detector_and_classifier(models, gain=1.0, bias=0.0)
+    options = BuildOptions("fp16", max_batch)
+    plan = build_plan(models / "classifier.onnx", tmp_path / "timing.cache", options, BuildProgress("c", False))
+    path = tmp_path / "classifier.plan"
+    path.write_bytes(plan)
+    return path
+
+
+def crops(rows: int, value: float = 0.0) -> dict[str, np.ndarray]:
+    return {"crops": np.full((rows, 3, 16, 16), value, dtype=np.float32)}
+
+
+def test_run_racing_close_always_answers(standin: StandIn, tmp_path: Path) -> None:
+    """Before: 20 callers stuck in 40 trials (the request queued behind close's None, or after the release)."""
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    plan = standin_plan(tmp_path)
+    for _ in range(40):
+        runtime = TensorRTRuntime(plan)
+        answers: list[object] = []
+
+        def call(runtime: TensorRTRuntime = runtime, answers: list[object] = answers) -> None:
+            try:
+                answers.append(runtime.run(crops(1)))
+            except InferenceError as exc:
+                answers.append(exc)
+
+        threads = [threading.Thread(target=call, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        runtime.close()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "a caller waits forever"
+        assert len(answers) == 4
+    assert standin.cuda.allocated == 0 and standin.cuda.contexts == 0
+
+
+def test_a_closed_runtime_answers_every_call_with_inference_error(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    runtime = TensorRTRuntime(standin_plan(tmp_path))
+    assert runtime.run(crops(2))["logits"].shape == (2, 2)
+    runtime.close()
+    with pytest.raises(InferenceError, match=r"classifier\.plan: the runtime is closed"):
+        runtime.run(crops(1))
+    with pytest.raises(InferenceError, match="no CUDA context"):
+        runtime.memory()
+    runtime.close()
+
+
+def test_a_failed_load_whose_release_raises_still_returns(standin: StandIn, tmp_path: Path) -> None:
+    """Before: the constructor never returned (the release raised before the load's error was handed over)."""
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    plan = standin_plan(tmp_path)
+    standin.set("no_exec_context,detach_raises")
+    box: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            TensorRTRuntime(plan)
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the constructor never returned"
+    assert isinstance(box[0], InferenceError) and "cannot create an execution context" in str(box[0])
+
+
+def test_releasing_is_best_effort(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    runtime = TensorRTRuntime(standin_plan(tmp_path))
+    runtime.run(crops(1))
+    standin.set("free_raises")
+    runtime.close()  # freeing the host buffers raises: logged, and the context is released all the same
+    assert standin.cuda.contexts == 0
+    standin.set("")
+    runtime = TensorRTRuntime(runtime.plan)
+    standin.set("detach_raises")
+    runtime.close()  # the other way round: the buffers are freed though the context does not detach
+    assert standin.cuda.contexts == 1
+
+
+# --- item 4: a broken CUDA context is not served forever
+
+
+def png(value: int = 128) -> bytes:
+    return bytes(cv2.imencode(".png", np.full((120, 160, 3), value, dtype=np.uint8))[1].tobytes())
+
+
+def test_a_sticky_cuda_error_switches_to_onnxruntime_degraded_until_restart(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    judge = build_judge(config)
+    slot = judge.pipeline.slot
+    assert (slot.current.name, slot.state) == ("tensorrt", "online"), slot.reason
+    changes: list[tuple[str, str]] = []
+    slot.on_change(lambda s: changes.append((s.current.name, s.state)))
+    first = judge.judge(PhotoRequest("s", "d", "ok", png(), in_run=False)).verdict
+    assert (first.backend, first.verdict) != ("tensorrt", "error")
+    standin.set("sticky_after:0")  # every execute_async_v3 from now on fails, as after a sticky CUDA error
+    for n in range(3):
+        failed = judge.judge(PhotoRequest("s", "d", f"bad-{n}", png(), in_run=False)).verdict
+        assert (failed.backend, failed.verdict, [str(r) for r in failed.reasons]) == ("tensorrt", "error", ["internal"])
+    deadline = time.monotonic() + 60
+    while slot.current.name != "onnxruntime" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (slot.current.name, slot.state) == ("onnxruntime", "degraded")
+    assert slot.reason.startswith("TensorRT failed 3 inferences in a row (")
+    assert slot.reason.endswith("serving through onnxruntime until restart")
+    assert changes == [("onnxruntime", "degraded")]
+    after = judge.judge(PhotoRequest("s", "d", "after", png(), in_run=False)).verdict
+    assert after.backend == "onnxruntime" and after.verdict != "error"
+    while standin.cuda.contexts and time.monotonic() < deadline:  # the TensorRT runtimes are closed
+        time.sleep(0.05)
+    assert standin.cuda.contexts == 0
+    slot.close()
+
+
+@pytest.mark.parametrize("fault", ["execute_raises", "sticky_after:0"])
+def test_the_stream_is_synchronised_after_a_failed_execute(standin: StandIn, tmp_path: Path, fault: str) -> None:
+    from gateway.backends.tensorrt import TensorRTRuntime
+
+    runtime = TensorRTRuntime(standin_plan(tmp_path))
+    try:
+        before = standin.cuda.synchronized
+        standin.set(fault)
+        with pytest.raises(InferenceError):
+            runtime.run(crops(1))
+        assert standin.cuda.synchronized == before + 1
+    finally:
+        runtime.close()
+
+
+# --- item 5: engine builds that survive an 8 GB Orin Nano
+
+
+def meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, available_mib: int) -> None:
+    import gateway.backends.tensorrt as trt_backend
+
+    path = tmp_path / "meminfo"
+    path.write_text(f"MemTotal: 7621304 kB\nMemFree: 123456 kB\nMemAvailable: {available_mib << 10} kB\n")
+    monkeypatch.setattr(trt_backend, "MEMINFO", path)
+
+
+def test_the_build_memory_pools_follow_the_memory_available(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+
+    meminfo(tmp_path, monkeypatch, 3072)
+    assert build(gateway_config(tmp_path), ["focus-classifier"], False) == 0
+    [started] = standin.events("build_started")
+    # (3072 - 768 reserved) MiB: tactics may take 3/4, the workspace 1/4 (under the 1024 MiB cap)
+    assert started["pools"] == {"WORKSPACE": 576 << 20, "TACTIC_DRAM": 1728 << 20}
+    meminfo(tmp_path, monkeypatch, 900)
+    assert build(gateway_config(tmp_path), ["focus-classifier"], True) == 1
+    assert "focus-classifier: build failed: only 900 MiB of memory available" in capsys.readouterr().err
+    assert len(standin.events("build_started")) == 1  # not tried
+
+
+def slow_build_started(standin: StandIn, tmp_path: Path, steps: str = "200:0.1") -> tuple[Any, Any, list[object]]:
+    """A background build (as the gateway runs it) whose child has started building: (engines, thread, outcome)."""
+    config = gateway_config(tmp_path)
+    standin.set(f"build_steps:{steps}")
+    engines = TensorRTEngines(config.models)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(engines.build(config.models.manifest_path(), ["focus-classifier"]))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not standin.events("build_started") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert standin.events("build_started"), "the build child did not start building"
+    return engines, thread, outcome
+
+
+def test_the_build_child_is_the_oom_killers_first_choice_and_runs_nicer(standin: StandIn, tmp_path: Path) -> None:
+    engines, thread, _ = slow_build_started(standin, tmp_path)
+    pid = standin.events("build_started")[0]["pid"]
+    try:
+        assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    finally:
+        engines.cancel()
+        thread.join(120)
+
+
+def test_a_failed_build_is_not_retried_at_every_restart_and_force_clears_it(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    standin.set("build_fails")
+    assert build(config, ["focus-classifier"], False) == 1
+    err = capsys.readouterr().err
+    assert "focus-classifier: build failed: classifier.onnx: TensorRT could not build it: stand-in: no tactic" in err
+    assert "; not tried again before " in err and "(engines build --force tries now)" in err
+    standin.set("")  # it would build now, but the backoff holds (a restart loop must not rebuild)
+    assert build(config, ["focus-classifier"], False) == 1
+    err = capsys.readouterr().err
+    assert "focus-classifier: not rebuilt: 1 failed build(s), the last: classifier.onnx: TensorRT could not" in err
+    assert len(standin.events("build_started")) == 1
+    assert build(config, ["focus-classifier"], True) == 0  # --force
+    assert "focus-classifier: built " in capsys.readouterr().out
+    assert build(config, ["focus-classifier"], False) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert not list((tmp_path / "cache").glob("*.failed.json"))
+
+
+def test_the_backoff_doubles_up_to_a_day(tmp_path: Path) -> None:
+    from gateway.engines.cache import EngineCache, PlanKey, Target
+
+    cache = EngineCache(tmp_path)
+    key = PlanKey("m", "1", "0" * 64, "fp16", 4, Target("10.3.0.30", "Orin (nvgpu)", (8, 7)))
+    waits = [cache.record_failure(key, "no", now=1000.0) - 1000.0 for _ in range(9)]
+    assert waits == [900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 57600.0, 86400.0, 86400.0]
+    failure = cache.failure(key)
+    assert failure is not None and (failure.count, failure.error) == (9, "no")
+
+
+def test_cancelling_interrupts_the_build_which_keeps_its_timing_cache(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.provider import BuildFailed
+
+    engines, thread, outcome = slow_build_started(standin, tmp_path)
+    started = time.monotonic()
+    engines.cancel()
+    thread.join(120)
+    assert isinstance(outcome[0], BuildFailed) and str(outcome[0]) == "cancelled"
+    assert time.monotonic() - started < 60
+    [cancelled] = standin.events("build_cancelled")  # SIGINT: TensorRT was asked to stop at its next step
+    assert cancelled["pid"] == standin.events("build_started")[0]["pid"]
+    assert [p.read_bytes() for p in (tmp_path / "cache").glob("timing_*.cache")] == [b"timing+"]
+
+
+def test_a_build_past_its_time_limit_is_stopped(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.provider import BuildFailed
+
+    config = gateway_config(tmp_path, ", build_timeout_s: 20")
+    standin.set("build_steps:1200:0.1")  # two minutes
+    started = time.monotonic()
+    with pytest.raises(BuildFailed, match=r"no result within 20 s \(models.build_timeout_s\): stopped"):
+        TensorRTEngines(config.models).build(config.models.manifest_path(), ["focus-classifier"])
+    assert time.monotonic() - started < 90
+    assert standin.events("build_cancelled")
