@@ -67,8 +67,12 @@ class SecureBroker:
         return (self.broker.workdir / "mosquitto.log").read_text(errors="replace")
 
 
-def render_shipped_config(ports: dict[str, int], paths: dict[str, Path]) -> str:
-    """clinic.conf with its listener ports and file paths substituted, nothing else changed (syslog off)."""
+def render_shipped_config(
+    ports: dict[str, int], paths: dict[str, Path], persistence_location: Path | None, *, syslog: bool = False
+) -> str:
+    """clinic.conf with its listener ports and file paths substituted, nothing else changed (syslog off unless
+    ``syslog``). Standalone, ``persistence_location`` is added, as the file's header says; under the stock
+    mosquitto.conf (None) that file sets it."""
     out: list[str] = []
     seen: set[str] = set()
     for line in SHIPPED_CONF.read_text().splitlines():
@@ -79,26 +83,32 @@ def render_shipped_config(ports: dict[str, int], paths: dict[str, Path]) -> str:
             port, _, _bind = value.partition(" ")
             out.append(f"listener {ports[port]} 127.0.0.1")  # KeyError: a listener this test does not know
             seen.add(port)
-        elif key in ("cafile", "certfile", "keyfile", "password_file", "acl_file", "persistence_location"):
+        elif key in ("cafile", "certfile", "keyfile", "password_file", "acl_file"):
             out.append(f"{key} {paths[value]}")
             seen.add(value)
-        elif line == "log_dest syslog":
+        elif line == "log_dest syslog" and not syslog:
             continue
         else:
             out.append(line)
     assert seen == set(ports) | set(paths), f"the shipped config no longer uses {set(ports) | set(paths) - seen}"
+    if persistence_location is not None:
+        out.append(f"persistence_location {persistence_location}/")
     return "\n".join(out) + "\n"
 
 
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    work = tmp_path_factory.mktemp("secure-broker")
-    ca = CertificateAuthority.create(work / "pki", "clinic-ca")
-    rogue = CertificateAuthority.create(work / "rogue", "rogue-ca")
-    server = ca.issue("broker", "localhost", server=True)
-    certs = {cn: ca.issue(f"client-{n}", cn) for n, cn in enumerate((A, B, C, GATEWAY))}
-    certs[f"rogue:{B}"] = rogue.issue("rogue-b", B)
+@dataclass(frozen=True)
+class ShippedFiles:
+    """What docs/security.md has a clinic make for the shipped config: a CA, the broker's certificate and key, a
+    password file with every account of ``PASSWORDS``; ``paths`` maps clinic.conf's paths to them."""
 
+    ca: CertificateAuthority
+    paths: dict[str, Path]
+    gateway_password_file: Path
+
+
+def shipped_files(work: Path) -> ShippedFiles:
+    ca = CertificateAuthority.create(work / "pki", "clinic-ca")
+    server = ca.issue("broker", "localhost", server=True)
     passwd = work / "passwd"
     passwd.touch()
     binary = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -106,24 +116,32 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
         subprocess.run([binary, "-b", str(passwd), user, password], check=True, capture_output=True, timeout=30)
     gateway_password_file = work / "gateway-password"
     gateway_password_file.write_text(PASSWORDS[GATEWAY] + "\n")
+    paths = {
+        "/etc/mosquitto/certs/ca.crt": ca.cert,
+        "/etc/mosquitto/certs/broker.crt": server.cert,
+        "/etc/mosquitto/certs/broker.key": server.key,
+        "/etc/mosquitto/passwd": passwd,
+        "/etc/mosquitto/colposcopy.acl": SHIPPED_ACL,
+    }
+    return ShippedFiles(ca, paths, gateway_password_file)
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    work = tmp_path_factory.mktemp("secure-broker")
+    files = shipped_files(work)
+    ca = files.ca
+    rogue = CertificateAuthority.create(work / "rogue", "rogue-ca")
+    certs = {cn: ca.issue(f"client-{n}", cn) for n, cn in enumerate((A, B, C, GATEWAY))}
+    certs[f"rogue:{B}"] = rogue.issue("rogue-b", B)
     (work / "data").mkdir()
 
     plain, tls, mtls = free_port(), free_port(), free_port()
-    conf = render_shipped_config(
-        {"1883": plain, "8883": tls, "8884": mtls},
-        {
-            "/etc/mosquitto/certs/ca.crt": ca.cert,
-            "/etc/mosquitto/certs/broker.crt": server.cert,
-            "/etc/mosquitto/certs/broker.key": server.key,
-            "/etc/mosquitto/passwd": passwd,
-            "/etc/mosquitto/colposcopy.acl": SHIPPED_ACL,
-            "/var/lib/mosquitto/": work / "data",
-        },
-    )
+    conf = render_shipped_config({"1883": plain, "8883": tls, "8884": mtls}, files.paths, work / "data")
     broker = start_mosquitto(work / "broker", conf, port=plain, defaults=False)
     for port in (tls, mtls):  # start_mosquitto waited for the first listener only
         _wait_listening(port)
-    yield SecureBroker(broker, plain, tls, mtls, ca, rogue, certs, gateway_password_file)
+    yield SecureBroker(broker, plain, tls, mtls, ca, rogue, certs, files.gateway_password_file)
     broker.stop()
 
 
