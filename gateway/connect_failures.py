@@ -158,8 +158,10 @@ class FailureLog:
         on_failure: Callable[[ConnectFailure], None] | None = None,
         repeat_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
     ) -> None:
         self._url = broker_url
+        self._log = logger if logger is not None else log
         self._on_failure = on_failure
         self._repeat_s = repeat_s
         self._clock = clock
@@ -176,11 +178,11 @@ class FailureLog:
             self.last = failure
             if changed:
                 self._logged_at, self._repeats = now, 0
-                log.error("broker_connect_failed", broker=self._url, cause=failure.cause, detail=failure.detail)
+                self._log.error("broker_connect_failed", broker=self._url, cause=failure.cause, detail=failure.detail)
             else:
                 self._repeats += 1
                 if now - self._logged_at >= self._repeat_s:
-                    log.error(
+                    self._log.error(
                         "broker_connect_failed",
                         broker=self._url,
                         cause=failure.cause,
@@ -195,5 +197,5 @@ class FailureLog:
     def connected(self) -> None:
         with self._lock:
             if self.last is not None:
-                log.info("broker_connect_recovered", broker=self._url, after=self.last.cause)
+                self._log.info("broker_connect_recovered", broker=self._url, after=self.last.cause)
             self.last = None

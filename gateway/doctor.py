@@ -12,9 +12,9 @@ import errno
 import getpass
 import os
 import socket
-import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +27,7 @@ from gateway import __version__, allocator
 from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.runtime import InferenceError, shapes
 from gateway.config import BrokerConfig, GatewayConfig, MetricsConfig
+from gateway.connect_failures import from_connack, from_exception
 from gateway.engines.cache import EngineCache, PlanKey, Target, plan_status
 from gateway.models.manifest import Manifest, ManifestError, check_signature, parse_manifest, verify_files
 from gateway.transport import apply_credentials
@@ -65,9 +66,9 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
     try:
         apply_credentials(client, broker)
         client.connect(broker.host, broker.port, keepalive=10)
-    except ssl.SSLError as exc:
-        return False, f"TLS handshake failed: {exc}"
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # ssl.SSLError included
+        return False, f"unreachable: {from_exception(exc, broker).describe()}"
+    except ValueError as exc:
         return False, f"unreachable: {exc}"
     client.loop_start()
     try:
@@ -76,7 +77,7 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
         reason = outcome["reason"]
         elapsed = (time.monotonic() - started) * 1e3
         if reason.is_failure:
-            return False, f"refused: {reason}"
+            return False, f"refused: {from_connack(reason, broker).describe()}"
         return True, f"reachable: CONNACK {reason} in {elapsed:.0f} ms"
     finally:
         client.disconnect()
@@ -246,10 +247,22 @@ def _metrics(metrics: MetricsConfig, report: _Report) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}:{metrics.port}/healthz", timeout=3) as answer:
             report.line(f"port {metrics.port} in use by the running gateway: /healthz answers {answer.status}")
-            return True
     except OSError as exc:  # URLError included
         report.line(f"port {metrics.port} IN USE by another program (/healthz: {exc})")
         return False
+    report.line(f"the running gateway: {_readyz(f'http://{host}:{metrics.port}/readyz')}")
+    return True
+
+
+def _readyz(url: str) -> str:
+    """What the running gateway's /readyz says: ready, or why not (e.g. the last broker connect failure)."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return str(answer.read().decode(errors="replace").strip())
+    except urllib.error.HTTPError as exc:
+        return f"NOT READY: {exc.read().decode(errors='replace').strip()}"
+    except OSError as exc:
+        return f"/readyz did not answer: {exc}"
 
 
 def _allocator(report: _Report) -> None:
