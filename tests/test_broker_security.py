@@ -13,6 +13,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.client import GatewayClient
 from gateway.config import GatewayConfig, parse_config
 from gateway.judge import build_judge
 from gateway.scenes import SceneSpec, encode_jpeg, render
@@ -573,3 +575,78 @@ def test_gateway_with_a_client_certificate_answers_a_certificate_device(
         assert (body(message)["image_id"], body(message)["site"]) == ("cert-1", "clinic-b")
     finally:
         service.stop()
+
+
+# ------------------------------------------------------------------------------ device tools on the secured broker
+
+
+@pytest.fixture
+def gateway_on_loopback(secure: SecureBroker) -> Iterator[GatewayService]:
+    """The gateway as the README deploys it: the plain loopback listener, with its account."""
+    plain = {
+        "url": f"mqtt://127.0.0.1:{secure.plain_port}",
+        "username": GATEWAY,
+        "password_file": str(secure.gateway_password_file),
+    }
+    service = run_gateway(plain, "gw-tools")
+    yield service
+    service.stop()
+
+
+def test_gateway_client_with_password_and_ca_over_tls(
+    secure: SecureBroker, gateway_on_loopback: GatewayService, sharp_jpeg: bytes
+) -> None:
+    url = f"mqtts://127.0.0.1:{secure.tls_port}"
+    with GatewayClient(url, "clinic-a", "eva-07", username=A, password=PASSWORDS[A], ca_file=secure.ca.cert) as client:
+        verdict = client.submit(sharp_jpeg, image_id="client-tls-1", timeout_s=30)
+    assert (verdict.image_id, verdict.site, verdict.device, verdict.verdict) == (
+        "client-tls-1",
+        "clinic-a",
+        "eva-07",
+        "accept",
+    )
+    with pytest.raises(ssl.SSLCertVerificationError):  # the rogue CA did not sign the broker's certificate
+        GatewayClient(url, "clinic-a", "eva-07", username=A, password=PASSWORDS[A], ca_file=secure.rogue_ca.cert)
+    with pytest.raises(ValueError, match="mqtts://"):
+        GatewayClient(f"mqtt://127.0.0.1:{secure.plain_port}", "clinic-a", "eva-07", ca_file=secure.ca.cert)
+
+
+def test_gateway_client_with_a_client_certificate(
+    secure: SecureBroker, gateway_on_loopback: GatewayService, sharp_jpeg: bytes, tmp_path: Path
+) -> None:
+    cert = secure.certs[B]
+    url = f"mqtts://127.0.0.1:{secure.mtls_port}"
+    with GatewayClient(
+        url, "clinic-a", "eva-08", ca_file=secure.ca.cert, cert_file=cert.cert, key_file=cert.key
+    ) as client:
+        assert client.submit(sharp_jpeg, image_id="client-mtls-1", timeout_s=30).device == "eva-08"
+    combined = tmp_path / "eva-08.pem"  # one PEM holding both the certificate and its key
+    combined.write_text(cert.cert.read_text() + cert.key.read_text())
+    with GatewayClient(url, "clinic-a", "eva-08", ca_file=secure.ca.cert, cert_file=combined) as client:
+        assert client.submit(sharp_jpeg, image_id="client-mtls-2", timeout_s=30).image_id == "client-mtls-2"
+
+
+def test_simulate_reaches_the_secured_broker_with_an_account_or_a_certificate(
+    secure: SecureBroker, gateway_on_loopback: GatewayService, tmp_path: Path
+) -> None:
+    password = tmp_path / "password"
+    password.write_text(PASSWORDS[C] + "\n")
+    common = ["simulate", "--devices", "1", "--count", "2", "--rate", "0", "--size", "640x480", "--timeout", "30"]
+    tls = [
+        *common,
+        *("--broker", f"mqtts://127.0.0.1:{secure.tls_port}", "--ca-file", str(secure.ca.cert)),
+        *("--username", C, "--password-file", str(password)),
+    ]
+    cert = secure.certs[A]
+    mtls = [
+        *common,
+        *("--broker", f"mqtts://127.0.0.1:{secure.mtls_port}", "--ca-file", str(secure.ca.cert)),
+        *("--cert-file", str(cert.cert), "--key-file", str(cert.key), "--identity", A),
+    ]
+    for args, who in ((tls, "eva-07"), (mtls, "eva-07")):
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120, cwd=REPO
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "photos sent: 2, answered: 2, unanswered: 0" in result.stdout
+        assert result.stdout.count(f"{who}  scene-") == 2, result.stdout
