@@ -14,6 +14,7 @@ import structlog
 
 from gateway import __version__, allocator
 from gateway.config import ConfigError, GatewayConfig, defaults_yaml, load_config
+from gateway.config_files import check_files, service_user
 from gateway.logs import configure_logging
 from gateway.systemd import notify
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.simulate import DeviceAccess
 
 EXIT_CONFIG = 2
+"""A config error (or a bad command line): the unit's RestartPreventExitStatus=, so systemd does not retry it."""
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -37,6 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.service import GatewayService
 
     config = _config(args)
+    files = check_files(config, args.config, service_user())
+    if files.errors:
+        raise ConfigError(files.errors)
+    for warning in files.warnings:
+        structlog.get_logger("gateway").warning("config_warning", problem=warning)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -214,6 +221,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    files = check_files(config, args.file, service_user())
+    if files.errors:
+        raise ConfigError(files.errors)
+    for warning in files.warnings:
+        print(f"warning: {warning}")
     print(f"{args.file}: valid (gateway_id={config.gateway_id}, broker={config.broker.url})")
     return 0
 

@@ -27,6 +27,7 @@ from gateway import __version__, allocator
 from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.runtime import InferenceError, shapes
 from gateway.config import BrokerConfig, GatewayConfig, MetricsConfig
+from gateway.config_files import check_files, service_user
 from gateway.connect_failures import from_connack, from_exception
 from gateway.engines.cache import EngineCache, PlanKey, Target, plan_status
 from gateway.models.manifest import Manifest, ManifestError, check_signature, parse_manifest, verify_files
@@ -100,8 +101,11 @@ def _manifest(config: GatewayConfig, report: _Report) -> tuple[Manifest | None, 
     path = config.models.manifest_path()
     report.section(f"Model manifest  {path}")
     if not path.is_file():
-        report.line("absent: no learned models; auto uses the classical assessor")
-        return None, True
+        if config.backend == "classical":
+            report.line("absent (backend: classical needs none)")
+            return None, True
+        report.line("ABSENT: the gateway judges with the classical assessor and reports degraded")
+        return None, False
     try:
         manifest = parse_manifest(path.read_text(), str(path), path.parent)
     except (ManifestError, OSError) as exc:
@@ -281,6 +285,8 @@ def _choice(
     requested = config.backend
     if requested == "classical":
         return "classical (configured)", True
+    if not config.models.manifest_path().is_file():
+        return "classical: no model manifest", False
     if manifest is None or not manifest.models:
         return "classical: no models in the manifest", requested == "auto"
     if requested in ("auto", "tensorrt") and trt_ok:
@@ -320,6 +326,11 @@ def run_doctor(
     print(f"colposcopy-gateway {__version__} doctor", file=report.out)
     report.section(f"Config  {source or '(none: the defaults)'}")
     report.line(f"valid: gateway_id {config.gateway_id}, broker {config.broker.url}")
+    files = check_files(config, source, service_user())
+    for problem in files.errors:
+        report.line(f"INVALID {problem}")
+    for warning in files.warnings:
+        report.line(f"warning: {warning}")
     manifest, manifest_ok = _manifest(config, report)
     report.section("Backends")
     report.line("classical    yes  model-free assessor, always available")
@@ -338,6 +349,7 @@ def run_doctor(
     folders_ok = _folders(config, report)
     metrics_ok = _metrics(config.metrics, report)
     _allocator(report)
-    healthy = manifest_ok and as_configured and broker_ok and credentials_ok and folders_ok and metrics_ok
+    checks = (not files.errors, manifest_ok, as_configured, broker_ok, credentials_ok, folders_ok, metrics_ok)
+    healthy = all(checks)
     print(f"\n{'OK' if healthy else 'PROBLEMS FOUND'}", file=report.out)
     return 0 if healthy else 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import config_files
 from gateway import doctor as doctor_module
 from gateway.config import MetricsConfig, parse_config
 from gateway.doctor import broker_check, run_doctor
@@ -218,3 +219,19 @@ def test_metrics_port_free_taken_by_the_gateway_or_by_another_program(tmp_path: 
 
     code, report = classical_doctor(base + "metrics: {enabled: false}\n")
     assert "disabled" in section(report, "Metrics") and code == 0
+
+
+def test_files_the_config_names_and_a_missing_manifest_are_problems(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config_files, "SERVICE_USER", "no-such-user-here")  # this process's user, even as root
+    absent = tmp_path / "none.yaml"
+    code, report = doctor(
+        f"broker: {{url: '{broker.url}', ca_file: '{tmp_path / 'ca.crt'}'}}\nmodels: {{manifest: '{absent}'}}\n"
+    )
+    config = section(report, "Config")
+    assert f"INVALID <config>: broker.ca_file: {tmp_path / 'ca.crt'} does not exist" in config
+    assert f"warning: <config>: models.manifest: no model manifest at {absent}" in config
+    assert "ABSENT: the gateway judges with the classical assessor and reports degraded" in report
+    assert "backend: auto -> classical: no model manifest  (DEGRADED)" in report
+    assert code == 1

@@ -320,3 +320,23 @@ def test_ready_without_a_broker_then_waiting_for_it_with_the_watchdog_going(
 
 def _events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("broker: {url: 'mqtt://127.0.0.1:1'}\nbroker: {username: gw}\n", "gateway.yaml:2: broker: duplicate key"),
+        ("broker: {url: 'mqtts://127.0.0.1:1', ca_file: /nonexistent/ca.crt}\n", "gateway.yaml:1: broker.ca_file:"),
+    ],
+)
+def test_a_config_error_at_start_exits_with_a_status_systemd_does_not_retry(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert str(result.returncode) in unit_settings()["RestartPreventExitStatus"][0].split(), result
+    assert named in result.stderr
