@@ -57,8 +57,12 @@ def _script(path: Path, text: str) -> None:
 
 @pytest.fixture
 def machine(tmp_path: Path) -> Machine:
+    return make_machine(tmp_path)
+
+
+def make_machine(tmp_path: Path) -> Machine:
     root, standins, calls, active = tmp_path / "root", tmp_path / "bin", tmp_path / "calls", tmp_path / "active"
-    standins.mkdir()
+    standins.mkdir(parents=True)
     for name in ("useradd", "usermod", "apt-get"):
         _script(standins / name, RECORDER.format(calls=calls))
     _script(standins / "systemctl", SYSTEMCTL.format(calls=calls, active=active))

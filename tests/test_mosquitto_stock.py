@@ -78,6 +78,18 @@ def connack(port: int, username: str | None, password: str | None, ca: Path | No
 
 @pytest.fixture
 def stock_broker(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], subprocess.Popen[bytes]]]:
+    root, ports, process = start_stock_broker(tmp_path)
+    try:
+        yield root, ports, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def start_stock_broker(tmp_path: Path) -> tuple[Path, dict[str, int], subprocess.Popen[bytes]]:
+    """The README's step 1 under a temporary root: the root, the listeners' ports (by shipped port) and the
+    broker process (the caller stops it). Accounts: ``PASSWORDS``."""
     if not STOCK.is_file():
         pytest.fail(f"{STOCK} is missing: install the distribution's mosquitto package (scripts/bootstrap.sh does)")
     root = tmp_path / "root"
@@ -96,20 +108,20 @@ def stock_broker(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int], subproc
     (etc / "conf.d" / "colposcopy.conf").write_text(move_paths(SHIPPED_CONF.read_text(), root, ports))
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     process = subprocess.Popen([binary, "-c", str(etc / "mosquitto.conf")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while process.poll() is None and time.monotonic() < deadline and not all(map(listening, ports.values())):
+        time.sleep(0.1)
+    if process.poll() is not None:
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        pytest.fail(f"mosquitto exited at start: {stderr}")
     try:
-        deadline = time.monotonic() + 15
-        while process.poll() is None and time.monotonic() < deadline and not all(map(listening, ports.values())):
-            time.sleep(0.1)
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            pytest.fail(f"mosquitto exited at start: {stderr}")
         for port in ports.values():
             _wait_listening(port)
-        yield root, ports, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return root, ports, process
 
 
 def test_shipped_config_runs_under_the_stock_mosquitto_conf(
