@@ -8,16 +8,21 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from gateway import __version__, allocator
 from gateway.config import ConfigError, GatewayConfig, defaults_yaml, load_config
+from gateway.config_files import check_files, service_user
 from gateway.logs import configure_logging
 from gateway.systemd import notify
 
+if TYPE_CHECKING:
+    from gateway.simulate import DeviceAccess
+
 EXIT_CONFIG = 2
+"""A config error (or a bad command line): the unit's RestartPreventExitStatus=, so systemd does not retry it."""
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -34,6 +39,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.service import GatewayService
 
     config = _config(args)
+    files = check_files(config, args.config, service_user())
+    if files.errors:
+        raise ConfigError(files.errors)
+    for warning in files.warnings:
+        structlog.get_logger("gateway").warning("config_warning", problem=warning)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -84,9 +94,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _device_access(args: argparse.Namespace) -> tuple[DeviceAccess, str | None]:
+    """``simulate``'s broker account or certificate, and the one device it names (``<site>/<device>``)."""
+    from gateway.simulate import DeviceAccess
+
+    password = args.password
+    if args.password_file is not None:
+        password = args.password_file.read_text().strip()
+    access = DeviceAccess(args.username, password, args.ca_file, args.cert_file, args.key_file)
+    identity = args.username or args.identity
+    if identity is None:
+        return access, None
+    site, _, device = identity.partition("/")
+    if not device or args.devices != 1:
+        raise SystemExit(
+            "simulate: an account or certificate is one device: --devices 1, and the identity <site>/<device>"
+        )
+    args.site = site
+    return access, device
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gateway.simulate import Result, folder_photos, generated_photos, run_devices, summarize
 
+    access, device_name = _device_access(args)
     photos = folder_photos(args.folder) if args.folder else generated_photos(*args.size)
     if not photos:
         print(f"no .jpg/.jpeg/.png photos in {args.folder}", file=sys.stderr)
@@ -115,6 +146,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         timeout_s=args.timeout,
         on_result=None if args.quiet else show,
+        access=access,
+        device_name=device_name,
     )
     print(summarize(results, time.monotonic() - started))
     return 0 if all(r.verdict is not None for r in results) else 1
@@ -197,6 +230,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
     config = load_config(args.file)
+    files = check_files(config, args.file, service_user())
+    if files.errors:
+        raise ConfigError(files.errors)
+    for warning in files.warnings:
+        print(f"warning: {warning}")
     print(f"{args.file}: valid (gateway_id={config.gateway_id}, broker={config.broker.url})")
     return 0
 
@@ -252,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--prefix", default="colposcopy")
     sim.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each verdict")
     sim.add_argument("--quiet", action="store_true", help="only the summary")
+    sim.add_argument("--username", help="the device account <site>/<device> (one device: --devices 1)")
+    sim.add_argument("--password", help="its password (visible to other users in ps: prefer --password-file)")
+    sim.add_argument("--password-file", type=Path, help="a file holding the password")
+    sim.add_argument("--ca-file", type=Path, help="CA that signed the broker's certificate (mqtts://)")
+    sim.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS, port 8884)")
+    sim.add_argument("--key-file", type=Path, help="its key (unless the certificate file holds it)")
+    sim.add_argument(
+        "--identity", metavar="SITE/DEVICE", help="the certificate's CN, with --cert-file (one device: --devices 1)"
+    )
     sim.set_defaults(func=cmd_simulate)
 
     engines = sub.add_parser("engines", help="TensorRT engines: build plans, quantize for INT8")

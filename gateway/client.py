@@ -4,10 +4,16 @@ Each request carries an ``image-id`` user property, a Response Topic in the devi
 Correlation Data value that the gateway echoes; a ``busy`` answer is retried after its ``retry_after_ms``,
 a timeout is retried with the same image id.
 
-    with GatewayClient("mqtt://gateway.local:1883", site="clinic-a", device="eva-07") as client:
+    with GatewayClient("mqtts://gateway.local:8883", site="clinic-a", device="eva-07", username="clinic-a/eva-07",
+                       password=password, ca_file="/etc/ssl/clinic-ca.crt") as client:
         verdict = client.submit(jpeg_bytes)
         if verdict.verdict == "recapture":
             show(verdict.reasons)
+
+On the shipped broker config (docs/security.md) a device connects over TLS: to 8883 with its username
+``<site>/<device>`` and password, or to 8884 with a client certificate whose CN is ``<site>/<device>``
+(``cert_file``, ``key_file``; a PEM that holds both may be given as ``cert_file`` alone). ``ca_file`` is the clinic
+CA that signed the broker's certificate (default: the system store).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +49,9 @@ class GatewayClient:
         password: str | None = None,
         on_recapture: Callable[[RecaptureMessage], None] | None = None,
         connect_timeout_s: float = 10.0,
+        ca_file: str | Path | None = None,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
     ) -> None:
         self.site, self.device = site, device
         self._topics = Topics(prefix)
@@ -51,15 +61,22 @@ class GatewayClient:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         url = urlsplit(broker_url)
+        tls = url.scheme == "mqtts"
+        if not tls and (ca_file or cert_file or key_file):
+            raise ValueError(f"CA, certificate and key files need an mqtts:// broker URL, not {broker_url}")
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=MQTTProtocolVersion.MQTTv5)
         if username is not None:
             self._client.username_pw_set(username, password)
-        if url.scheme == "mqtts":
-            self._client.tls_set()
+        if tls:
+            self._client.tls_set(
+                ca_certs=str(ca_file) if ca_file else None,
+                certfile=str(cert_file) if cert_file else None,
+                keyfile=str(key_file) if key_file else None,
+            )
         self._client.on_connect = self._handle_connect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
-        self._client.connect(url.hostname or "127.0.0.1", url.port or 1883, keepalive=30)
+        self._client.connect(url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883), keepalive=30)
         self._client.loop_start()
         if not self._ready.wait(connect_timeout_s):
             self.close()

@@ -284,6 +284,43 @@ def _key_lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str
             _key_lines(item, child_path, out)
 
 
+def key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """The 1-based line of every key of a YAML text (empty when it does not parse)."""
+    lines: dict[tuple[str | int, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        _key_lines(root, (), lines)
+    return lines
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple[str, ...], source: str, out: list[str]) -> None:
+    """A key given twice in one mapping: YAML keeps the last silently, so a second ``broker:`` block would replace
+    the first. Each one is an error naming both lines."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name, line = str(key.value), key.start_mark.line + 1
+            dotted = ".".join((*path, name))
+            if name in first:
+                out.append(f"{source}:{line}: {dotted}: duplicate key, also at line {first[name]} (the last one wins)")
+            else:
+                first[name] = line
+            _duplicate_keys(value, (*path, name), source, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _duplicate_keys(item, path, source, out)
+
+
+_PASSWORD_ELSEWHERE = (
+    "unknown key: the password never goes in this file; put it in the systemd credential mqtt-password"
+    " (/etc/colposcopy-gateway/mqtt-password for the installed unit), the environment variable"
+    " COLPO_GATEWAY_MQTT_PASSWORD, or a file named by broker.password_file"
+)
+
+
 def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Validate YAML text (plus top-level section overrides, e.g. from the command line)."""
     try:
@@ -302,6 +339,10 @@ def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] 
     lines: dict[tuple[str | int, ...], int] = {}
     if root is not None:
         _key_lines(root, (), lines)
+        duplicates: list[str] = []
+        _duplicate_keys(root, (), source, duplicates)
+        if duplicates:
+            raise ConfigError(duplicates)
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
@@ -312,6 +353,8 @@ def parse_config(text: str, source: str = "<config>", overrides: dict[str, Any] 
             at = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), "?")
             key = ".".join(str(part) for part in loc) or "(top level)"
             message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            if error["type"] == "extra_forbidden" and loc == ("broker", "password"):
+                message = _PASSWORD_ELSEWHERE
             problems.append((at if isinstance(at, int) else 0, f"{source}:{at}: {key}: {message}"))
         raise ConfigError([text for _, text in sorted(problems, key=lambda p: p[0])]) from None
 

@@ -12,9 +12,9 @@ import errno
 import getpass
 import os
 import socket
-import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +27,8 @@ from gateway import __version__, allocator
 from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.runtime import InferenceError, shapes
 from gateway.config import BrokerConfig, GatewayConfig, MetricsConfig
+from gateway.config_files import check_files, service_user
+from gateway.connect_failures import from_connack, from_exception
 from gateway.engines.cache import EngineCache, PlanKey, Target, plan_status
 from gateway.models.manifest import Manifest, ManifestError, check_signature, parse_manifest, verify_files
 from gateway.transport import apply_credentials
@@ -65,9 +67,9 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
     try:
         apply_credentials(client, broker)
         client.connect(broker.host, broker.port, keepalive=10)
-    except ssl.SSLError as exc:
-        return False, f"TLS handshake failed: {exc}"
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # ssl.SSLError included
+        return False, f"unreachable: {from_exception(exc, broker).describe()}"
+    except ValueError as exc:
         return False, f"unreachable: {exc}"
     client.loop_start()
     try:
@@ -76,7 +78,7 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
         reason = outcome["reason"]
         elapsed = (time.monotonic() - started) * 1e3
         if reason.is_failure:
-            return False, f"refused: {reason}"
+            return False, f"refused: {from_connack(reason, broker).describe()}"
         return True, f"reachable: CONNACK {reason} in {elapsed:.0f} ms"
     finally:
         client.disconnect()
@@ -99,8 +101,11 @@ def _manifest(config: GatewayConfig, report: _Report) -> tuple[Manifest | None, 
     path = config.models.manifest_path()
     report.section(f"Model manifest  {path}")
     if not path.is_file():
-        report.line("absent: no learned models; auto uses the classical assessor")
-        return None, True
+        if config.backend == "classical":
+            report.line("absent (backend: classical needs none)")
+            return None, True
+        report.line("ABSENT: the gateway judges with the classical assessor and reports degraded")
+        return None, False
     try:
         manifest = parse_manifest(path.read_text(), str(path), path.parent)
     except (ManifestError, OSError) as exc:
@@ -246,10 +251,22 @@ def _metrics(metrics: MetricsConfig, report: _Report) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}:{metrics.port}/healthz", timeout=3) as answer:
             report.line(f"port {metrics.port} in use by the running gateway: /healthz answers {answer.status}")
-            return True
     except OSError as exc:  # URLError included
         report.line(f"port {metrics.port} IN USE by another program (/healthz: {exc})")
         return False
+    report.line(f"the running gateway: {_readyz(f'http://{host}:{metrics.port}/readyz')}")
+    return True
+
+
+def _readyz(url: str) -> str:
+    """What the running gateway's /readyz says: ready, or why not (e.g. the last broker connect failure)."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return str(answer.read().decode(errors="replace").strip())
+    except urllib.error.HTTPError as exc:
+        return f"NOT READY: {exc.read().decode(errors='replace').strip()}"
+    except OSError as exc:
+        return f"/readyz did not answer: {exc}"
 
 
 def _allocator(report: _Report) -> None:
@@ -268,6 +285,8 @@ def _choice(
     requested = config.backend
     if requested == "classical":
         return "classical (configured)", True
+    if not config.models.manifest_path().is_file():
+        return "classical: no model manifest", False
     if manifest is None or not manifest.models:
         return "classical: no models in the manifest", requested == "auto"
     if requested in ("auto", "tensorrt") and trt_ok:
@@ -307,6 +326,11 @@ def run_doctor(
     print(f"colposcopy-gateway {__version__} doctor", file=report.out)
     report.section(f"Config  {source or '(none: the defaults)'}")
     report.line(f"valid: gateway_id {config.gateway_id}, broker {config.broker.url}")
+    files = check_files(config, source, service_user())
+    for problem in files.errors:
+        report.line(f"INVALID {problem}")
+    for warning in files.warnings:
+        report.line(f"warning: {warning}")
     manifest, manifest_ok = _manifest(config, report)
     report.section("Backends")
     report.line("classical    yes  model-free assessor, always available")
@@ -325,6 +349,7 @@ def run_doctor(
     folders_ok = _folders(config, report)
     metrics_ok = _metrics(config.metrics, report)
     _allocator(report)
-    healthy = manifest_ok and as_configured and broker_ok and credentials_ok and folders_ok and metrics_ok
+    checks = (not files.errors, manifest_ok, as_configured, broker_ok, credentials_ok, folders_ok, metrics_ok)
+    healthy = all(checks)
     print(f"\n{'OK' if healthy else 'PROBLEMS FOUND'}", file=report.out)
     return 0 if healthy else 1

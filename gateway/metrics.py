@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway.backends.slot import BackendSlot
 from gateway.config import MetricsConfig
+from gateway.connect_failures import CAUSES
 from gateway.protocol import Outcome, VerdictMessage
 
 if TYPE_CHECKING:
@@ -80,6 +81,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self._connect_failures = Counter(
+            "colpo_gateway_connect_failures",
+            "Failed attempts to connect to the broker, by cause: " + ", ".join(CAUSES),
+            ["cause"],
+            registry=r,
+        )
         Gauge("colpo_gateway_broker_connected", "1 while connected and subscribed", registry=r).set_function(
             lambda: float(connected())
         )
@@ -109,6 +116,9 @@ class Metrics:
         """Verdicts decided so far."""
         sample = self.registry.get_sample_value
         return sum(int(sample("colpo_gateway_verdicts_total", {"outcome": o.value}) or 0) for o in Outcome)
+
+    def connect_failure(self, cause: str) -> None:
+        self._connect_failures.labels(cause).inc()
 
     def error(self, kind: str) -> None:
         self._errors.labels(kind).inc()

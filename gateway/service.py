@@ -148,6 +148,7 @@ class GatewayService:
             on_photo=self._accept,
             on_connected=self._announce,
             receive_maximum=min(2 * capacity, 65535),
+            on_connect_failure=lambda failure: self._metrics.connect_failure(failure.cause),
         )
         self._notifier = notifier or Notifier()
         self._metrics = Metrics(config.metrics, self.readiness, self._queue.qsize, self._transport.connected.is_set)
@@ -168,13 +169,18 @@ class GatewayService:
         if self._stopping.is_set():
             return "stopping"
         if not self._transport.connected.is_set():
-            return f"not connected and subscribed to the broker at {self._config.broker.url}"
+            return self._waiting()
         return None
+
+    def _waiting(self) -> str:
+        failure = self._transport.last_failure
+        last = f" (last attempt: {failure.describe()})" if failure is not None else ""
+        return f"waiting for broker at {self._config.broker.url}{last}"
 
     def _describe(self) -> str:
         """The STATUS= line systemd shows."""
         if not self._transport.connected.is_set():
-            return f"connecting to the broker at {self._config.broker.url}"
+            return self._waiting()
         slot = self._judge.pipeline.slot
         degraded = f" (degraded: {slot.reason})" if slot.state == "degraded" else ""
         if self._store.fault is not None:
@@ -189,7 +195,7 @@ class GatewayService:
         self._judge.pipeline.slot.on_change(self._backend_changed)
         self._metrics.backend(self._judge.pipeline.slot)
         self._metrics.serve()
-        self._notifier.start(lambda: self.readiness() is None, self._describe)
+        self._notifier.start(self._describe)  # READY=1 now: config and backend are loaded, whatever the broker
         backend = self._judge.pipeline.backend
         log.info(
             "gateway_started",

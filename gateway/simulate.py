@@ -28,6 +28,17 @@ class Photo:
 
 
 @dataclass(frozen=True)
+class DeviceAccess:
+    """How the simulated devices reach a secured broker (``GatewayClient``'s options)."""
+
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Result:
     device: str
     photo: Photo
@@ -63,14 +74,28 @@ def run_devices(
     prefix: str = "colposcopy",
     timeout_s: float = 30.0,
     on_result: Callable[[Result], None] | None = None,
+    access: DeviceAccess | None = None,
+    device_name: str | None = None,
 ) -> list[Result]:
-    """Each device sends ``per_device`` photos (cycling through ``photos``), one every 1/rate_hz seconds."""
+    """Each device sends ``per_device`` photos (cycling through ``photos``), one every 1/rate_hz seconds. Devices are
+    named sim-00, sim-01, ..., or ``device_name`` (one device: the identity of its account or certificate)."""
+    access = access or DeviceAccess()
     results: list[Result] = []
     lock = threading.Lock()
 
     def device_loop(index: int) -> None:
-        name = f"sim-{index:02d}"
-        with GatewayClient(broker_url, site, name, prefix=prefix) as client:
+        name = device_name or f"sim-{index:02d}"
+        with GatewayClient(
+            broker_url,
+            site,
+            name,
+            prefix=prefix,
+            username=access.username,
+            password=access.password,
+            ca_file=access.ca_file,
+            cert_file=access.cert_file,
+            key_file=access.key_file,
+        ) as client:
             start = time.monotonic()
             for k in range(per_device):
                 photo = photos[(index + k * devices) % len(photos)]

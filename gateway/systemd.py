@@ -3,15 +3,20 @@
 The protocol is one datagram per message to the AF_UNIX socket named by $NOTIFY_SOCKET (an abstract
 socket when it starts with '@'). Without $NOTIFY_SOCKET (not under systemd) every call is a no-op.
 
-``Notifier`` runs one thread that sends READY=1 once the service says it is ready (broker connected and
-subscribed, backend loaded), STATUS= whenever the status line changes, and WATCHDOG=1 every WATCHDOG_USEC/2
-while every worker's heartbeat is fresh: a worker stuck on one photo for longer than the watchdog interval
-stops the pings and systemd restarts the gateway; an idle worker keeps beating while it waits for photos.
+``Notifier`` runs one thread that sends READY=1 as soon as it starts (the service starts it once the config and
+the backend are loaded), STATUS= whenever the status line changes, and WATCHDOG=1 every WATCHDOG_USEC/2 while
+every worker's heartbeat is fresh: a worker stuck on one photo for longer than the watchdog interval stops the
+pings and systemd restarts the gateway; an idle worker keeps beating while it waits for photos.
+
+READY does not wait for the broker. The broker may start after the gateway, or live on another box that boots
+later: a READY held back until it answers turned such a boot into a failed start and a restart loop, and a
+restart does not bring the broker any sooner (the gateway reconnects by itself, with backoff). So the gateway is
+"started" once it can judge photos; while the broker is away, WATCHDOG=1 keeps going (the process is healthy), and
+STATUS= and /readyz say "waiting for broker ..." with the last connect failure's cause. Being connected is
+readiness for traffic (/readyz, the retained status message), not for systemd.
 
 No EXTEND_TIMEOUT_USEC: nothing slow happens before READY. TensorRT plans are built in the background after
-READY (``gateway.backends.select``), and EXTEND_TIMEOUT_USEC does not apply to a running service. A broker
-that stays away for the whole TimeoutStartSec= is better reported as a failed start (Restart=on-failure tries
-again) than hidden by extending the timeout, which would also leave ``systemctl start`` waiting for ever.
+READY (``gateway.backends.select``), and EXTEND_TIMEOUT_USEC does not apply to a running service.
 """
 
 from __future__ import annotations
@@ -88,11 +93,11 @@ class Notifier:
         with self._lock:
             return {name: now - at for name, at in self._beats.items() if now - at > self._stall_s}
 
-    def start(self, ready: Callable[[], bool], status: Callable[[], str]) -> None:
-        """Start the notify thread: READY=1 once ``ready()``, then STATUS=``status()`` and WATCHDOG=1."""
+    def start(self, status: Callable[[], str]) -> None:
+        """Start the notify thread: READY=1 at once, then STATUS=``status()`` and WATCHDOG=1."""
         if self._address is None or self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._run, args=(ready, status), name="sd-notify", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(status,), name="sd-notify", daemon=True)
         self._thread.start()
 
     def stopping(self, status: str) -> None:
@@ -106,14 +111,11 @@ class Notifier:
         if self._address is not None:
             notify(*fields, address=self._address)
 
-    def _run(self, ready: Callable[[], bool], status: Callable[[], str]) -> None:
-        announced, shown, was_stalled = False, "", False
+    def _run(self, status: Callable[[], str]) -> None:
+        fields, shown, was_stalled = ["READY=1"], "", False
         period = self.watchdog_s / 2 if self.watchdog_s else 2.0
+        pinged = -period
         while not self._stop.is_set():
-            fields: list[str] = []
-            if not announced and ready():
-                announced = True
-                fields.append("READY=1")
             stalled = self.stalled()
             text = status()
             if stalled:
@@ -125,9 +127,11 @@ class Notifier:
             if text != shown:
                 fields.append(f"STATUS={text}")
                 shown = text
-            if announced and self.watchdog_s and not stalled:
+            now = time.monotonic()
+            if self.watchdog_s and not stalled and now - pinged >= period:
                 fields.append("WATCHDOG=1")
+                pinged = now
             if fields:
                 self._send(*fields)
-            # before READY poll briskly, so systemd hears it soon after the broker answers
-            self._stop.wait(period if announced else 0.1)
+            fields = []
+            self._stop.wait(min(period, 1.0))  # STATUS= follows within a second (e.g. the broker answering)

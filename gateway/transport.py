@@ -12,6 +12,7 @@ published while the broker is away stay in paho's queue and go out on reconnect.
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import BrokerConfig
+from gateway.connect_failures import ConnectFailure, FailureLog, from_connack, from_exception
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +111,7 @@ class MqttTransport:
         on_photo: Callable[[IncomingPhoto], None],
         on_connected: Callable[[], None],
         receive_maximum: int,
+        on_connect_failure: Callable[[ConnectFailure], None] | None = None,
     ) -> None:
         self._broker = broker
         self._subscriptions = subscriptions
@@ -117,6 +120,7 @@ class MqttTransport:
         self._receive_maximum = receive_maximum
         self.connected = threading.Event()
         """Set once connected and subscribed: photos published from now on reach this gateway."""
+        self._failures = FailureLog(broker.url, on_connect_failure)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=broker.client_id or "",
@@ -127,6 +131,7 @@ class MqttTransport:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         apply_credentials(client, broker)
         client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_subscribe
@@ -135,6 +140,11 @@ class MqttTransport:
         self._delivery_lock = threading.Lock()
         self._on_delivered: dict[int, Callable[[], None] | None] = {}
         self._delivered_early: set[int] = set()
+
+    @property
+    def last_failure(self) -> ConnectFailure | None:
+        """Why the latest connection attempt failed; None once connected."""
+        return self._failures.last
 
     def start(self) -> None:
         """Connect in the background; failures are retried with backoff, never raised."""
@@ -199,8 +209,9 @@ class MqttTransport:
 
     def _handle_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.error("broker_refused", broker=self._broker.url, reason=str(reason))
+            self._failures.failed(from_connack(reason, self._broker))
             return
+        self._failures.connected()
         client.subscribe([(topic, 1) for topic in self._subscriptions])
         log.info("broker_connected", broker=self._broker.url)
         self._on_connected()
@@ -227,9 +238,14 @@ class MqttTransport:
             except Exception:
                 log.exception("delivery_callback_failed", mid=mid)
 
+    def _handle_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        """The TCP connect or TLS handshake failed: paho calls this inside its ``except OSError``."""
+        self._failures.failed(from_exception(sys.exc_info()[1], self._broker))
+
     def _handle_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if self.connected.is_set():  # a refused CONNECT also ends here: FailureLog has logged that
+            log.warning("broker_disconnected", broker=self._broker.url, reason=str(reason))
         self.connected.clear()
-        log.warning("broker_disconnected", broker=self._broker.url, reason=str(reason))
 
     def _handle_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:

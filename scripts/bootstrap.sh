@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 packages=()
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || packages+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || packages+=(mosquitto)
+[ -f /etc/mosquitto/mosquitto.conf ] || packages+=(mosquitto)  # the stock file clinic.conf is tested under
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q libjemalloc.so.2 || packages+=(libjemalloc2)  # /sbin: not on a user PATH

@@ -13,6 +13,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.client import GatewayClient
 from gateway.config import GatewayConfig, parse_config
 from gateway.judge import build_judge
 from gateway.scenes import SceneSpec, encode_jpeg, render
@@ -67,8 +69,12 @@ class SecureBroker:
         return (self.broker.workdir / "mosquitto.log").read_text(errors="replace")
 
 
-def render_shipped_config(ports: dict[str, int], paths: dict[str, Path]) -> str:
-    """clinic.conf with its listener ports and file paths substituted, nothing else changed (syslog off)."""
+def render_shipped_config(
+    ports: dict[str, int], paths: dict[str, Path], persistence_location: Path | None, *, syslog: bool = False
+) -> str:
+    """clinic.conf with its listener ports and file paths substituted, nothing else changed (syslog off unless
+    ``syslog``). Standalone, ``persistence_location`` is added, as the file's header says; under the stock
+    mosquitto.conf (None) that file sets it."""
     out: list[str] = []
     seen: set[str] = set()
     for line in SHIPPED_CONF.read_text().splitlines():
@@ -79,26 +85,32 @@ def render_shipped_config(ports: dict[str, int], paths: dict[str, Path]) -> str:
             port, _, _bind = value.partition(" ")
             out.append(f"listener {ports[port]} 127.0.0.1")  # KeyError: a listener this test does not know
             seen.add(port)
-        elif key in ("cafile", "certfile", "keyfile", "password_file", "acl_file", "persistence_location"):
+        elif key in ("cafile", "certfile", "keyfile", "password_file", "acl_file"):
             out.append(f"{key} {paths[value]}")
             seen.add(value)
-        elif line == "log_dest syslog":
+        elif line == "log_dest syslog" and not syslog:
             continue
         else:
             out.append(line)
     assert seen == set(ports) | set(paths), f"the shipped config no longer uses {set(ports) | set(paths) - seen}"
+    if persistence_location is not None:
+        out.append(f"persistence_location {persistence_location}/")
     return "\n".join(out) + "\n"
 
 
-@pytest.fixture(scope="module")
-def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
-    work = tmp_path_factory.mktemp("secure-broker")
-    ca = CertificateAuthority.create(work / "pki", "clinic-ca")
-    rogue = CertificateAuthority.create(work / "rogue", "rogue-ca")
-    server = ca.issue("broker", "localhost", server=True)
-    certs = {cn: ca.issue(f"client-{n}", cn) for n, cn in enumerate((A, B, C, GATEWAY))}
-    certs[f"rogue:{B}"] = rogue.issue("rogue-b", B)
+@dataclass(frozen=True)
+class ShippedFiles:
+    """What docs/security.md has a clinic make for the shipped config: a CA, the broker's certificate and key, a
+    password file with every account of ``PASSWORDS``; ``paths`` maps clinic.conf's paths to them."""
 
+    ca: CertificateAuthority
+    paths: dict[str, Path]
+    gateway_password_file: Path
+
+
+def shipped_files(work: Path) -> ShippedFiles:
+    ca = CertificateAuthority.create(work / "pki", "clinic-ca")
+    server = ca.issue("broker", "localhost", server=True)
     passwd = work / "passwd"
     passwd.touch()
     binary = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -106,24 +118,32 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
         subprocess.run([binary, "-b", str(passwd), user, password], check=True, capture_output=True, timeout=30)
     gateway_password_file = work / "gateway-password"
     gateway_password_file.write_text(PASSWORDS[GATEWAY] + "\n")
+    paths = {
+        "/etc/mosquitto/certs/ca.crt": ca.cert,
+        "/etc/mosquitto/certs/broker.crt": server.cert,
+        "/etc/mosquitto/certs/broker.key": server.key,
+        "/etc/mosquitto/passwd": passwd,
+        "/etc/mosquitto/colposcopy.acl": SHIPPED_ACL,
+    }
+    return ShippedFiles(ca, paths, gateway_password_file)
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    work = tmp_path_factory.mktemp("secure-broker")
+    files = shipped_files(work)
+    ca = files.ca
+    rogue = CertificateAuthority.create(work / "rogue", "rogue-ca")
+    certs = {cn: ca.issue(f"client-{n}", cn) for n, cn in enumerate((A, B, C, GATEWAY))}
+    certs[f"rogue:{B}"] = rogue.issue("rogue-b", B)
     (work / "data").mkdir()
 
     plain, tls, mtls = free_port(), free_port(), free_port()
-    conf = render_shipped_config(
-        {"1883": plain, "8883": tls, "8884": mtls},
-        {
-            "/etc/mosquitto/certs/ca.crt": ca.cert,
-            "/etc/mosquitto/certs/broker.crt": server.cert,
-            "/etc/mosquitto/certs/broker.key": server.key,
-            "/etc/mosquitto/passwd": passwd,
-            "/etc/mosquitto/colposcopy.acl": SHIPPED_ACL,
-            "/var/lib/mosquitto/": work / "data",
-        },
-    )
+    conf = render_shipped_config({"1883": plain, "8883": tls, "8884": mtls}, files.paths, work / "data")
     broker = start_mosquitto(work / "broker", conf, port=plain, defaults=False)
     for port in (tls, mtls):  # start_mosquitto waited for the first listener only
         _wait_listening(port)
-    yield SecureBroker(broker, plain, tls, mtls, ca, rogue, certs, gateway_password_file)
+    yield SecureBroker(broker, plain, tls, mtls, ca, rogue, certs, files.gateway_password_file)
     broker.stop()
 
 
@@ -555,3 +575,78 @@ def test_gateway_with_a_client_certificate_answers_a_certificate_device(
         assert (body(message)["image_id"], body(message)["site"]) == ("cert-1", "clinic-b")
     finally:
         service.stop()
+
+
+# ------------------------------------------------------------------------------ device tools on the secured broker
+
+
+@pytest.fixture
+def gateway_on_loopback(secure: SecureBroker) -> Iterator[GatewayService]:
+    """The gateway as the README deploys it: the plain loopback listener, with its account."""
+    plain = {
+        "url": f"mqtt://127.0.0.1:{secure.plain_port}",
+        "username": GATEWAY,
+        "password_file": str(secure.gateway_password_file),
+    }
+    service = run_gateway(plain, "gw-tools")
+    yield service
+    service.stop()
+
+
+def test_gateway_client_with_password_and_ca_over_tls(
+    secure: SecureBroker, gateway_on_loopback: GatewayService, sharp_jpeg: bytes
+) -> None:
+    url = f"mqtts://127.0.0.1:{secure.tls_port}"
+    with GatewayClient(url, "clinic-a", "eva-07", username=A, password=PASSWORDS[A], ca_file=secure.ca.cert) as client:
+        verdict = client.submit(sharp_jpeg, image_id="client-tls-1", timeout_s=30)
+    assert (verdict.image_id, verdict.site, verdict.device, verdict.verdict) == (
+        "client-tls-1",
+        "clinic-a",
+        "eva-07",
+        "accept",
+    )
+    with pytest.raises(ssl.SSLCertVerificationError):  # the rogue CA did not sign the broker's certificate
+        GatewayClient(url, "clinic-a", "eva-07", username=A, password=PASSWORDS[A], ca_file=secure.rogue_ca.cert)
+    with pytest.raises(ValueError, match="mqtts://"):
+        GatewayClient(f"mqtt://127.0.0.1:{secure.plain_port}", "clinic-a", "eva-07", ca_file=secure.ca.cert)
+
+
+def test_gateway_client_with_a_client_certificate(
+    secure: SecureBroker, gateway_on_loopback: GatewayService, sharp_jpeg: bytes, tmp_path: Path
+) -> None:
+    cert = secure.certs[B]
+    url = f"mqtts://127.0.0.1:{secure.mtls_port}"
+    with GatewayClient(
+        url, "clinic-a", "eva-08", ca_file=secure.ca.cert, cert_file=cert.cert, key_file=cert.key
+    ) as client:
+        assert client.submit(sharp_jpeg, image_id="client-mtls-1", timeout_s=30).device == "eva-08"
+    combined = tmp_path / "eva-08.pem"  # one PEM holding both the certificate and its key
+    combined.write_text(cert.cert.read_text() + cert.key.read_text())
+    with GatewayClient(url, "clinic-a", "eva-08", ca_file=secure.ca.cert, cert_file=combined) as client:
+        assert client.submit(sharp_jpeg, image_id="client-mtls-2", timeout_s=30).image_id == "client-mtls-2"
+
+
+def test_simulate_reaches_the_secured_broker_with_an_account_or_a_certificate(
+    secure: SecureBroker, gateway_on_loopback: GatewayService, tmp_path: Path
+) -> None:
+    password = tmp_path / "password"
+    password.write_text(PASSWORDS[C] + "\n")
+    common = ["simulate", "--devices", "1", "--count", "2", "--rate", "0", "--size", "640x480", "--timeout", "30"]
+    tls = [
+        *common,
+        *("--broker", f"mqtts://127.0.0.1:{secure.tls_port}", "--ca-file", str(secure.ca.cert)),
+        *("--username", C, "--password-file", str(password)),
+    ]
+    cert = secure.certs[A]
+    mtls = [
+        *common,
+        *("--broker", f"mqtts://127.0.0.1:{secure.mtls_port}", "--ca-file", str(secure.ca.cert)),
+        *("--cert-file", str(cert.cert), "--key-file", str(cert.key), "--identity", A),
+    ]
+    for args, who in ((tls, "eva-07"), (mtls, "eva-07")):
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120, cwd=REPO
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "photos sent: 2, answered: 2, unanswered: 0" in result.stdout
+        assert result.stdout.count(f"{who}  scene-") == 2, result.stdout

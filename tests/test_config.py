@@ -1,9 +1,12 @@
+import pwd
 from pathlib import Path
 
 import pytest
 
+from gateway import config_files
 from gateway.cli import main
 from gateway.config import ConfigError, load_config, parse_config
+from tests.certs import CertificateAuthority
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,3 +92,68 @@ def test_a_photo_limit_over_the_memory_budget_is_refused() -> None:
     text = "decode:\n  max_decoded_bytes: 200000000\n  memory_budget_bytes: 100000000\n"
     (problem,) = problems(text)
     assert problem.startswith("gw.yaml:3: decode.memory_budget_bytes:") and "decode.max_decoded_bytes" in problem
+def test_a_duplicated_key_is_an_error_naming_both_lines() -> None:
+    text = "broker:\n  url: mqtt://a:1\n  username: gw\npolicy:\n  sharp_threshold: 0.4\nbroker:\n  url: mqtt://b:1\n"
+    assert problems(text) == ["gw.yaml:6: broker: duplicate key, also at line 1 (the last one wins)"]
+    nested = "policy:\n  sharp_threshold: 0.4\n  borderline_band: 0.1\n  sharp_threshold: 0.6\n"
+    assert problems(nested) == ["gw.yaml:4: policy.sharp_threshold: duplicate key, also at line 2 (the last one wins)"]
+
+
+def test_a_password_in_the_yaml_says_where_it_goes() -> None:
+    [problem] = problems("broker:\n  username: gw\n  password: s3cret\n")
+    assert problem.startswith("gw.yaml:3: broker.password: unknown key: the password never goes in this file")
+    assert "credential mqtt-password" in problem and "COLPO_GATEWAY_MQTT_PASSWORD" in problem
+    assert "broker.password_file" in problem and "s3cret" not in problem
+
+
+@pytest.fixture
+def as_this_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check files for this process's user, even as root on a box where the unit's user exists."""
+    monkeypatch.setattr(config_files, "SERVICE_USER", "no-such-user-here")
+
+
+def test_validate_checks_the_files_the_config_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_this_user: None
+) -> None:
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    client = ca.issue("gw", "colposcopy-gateway")
+    combined = tmp_path / "both.pem"
+    combined.write_text(client.cert.read_text() + client.key.read_text())
+    manifest = REPO / "engines" / "manifest.yaml"
+    file = tmp_path / "gw.yaml"
+
+    def validate(broker: str, models: str = f"models: {{manifest: '{manifest}'}}\n") -> tuple[int, str, str]:
+        file.write_text(f"gateway_id: gw-1\nbroker:\n{broker}{models}")
+        code = main(["config", "validate", str(file)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, _out, err = validate(
+        f"  url: mqtts://b:8883\n  ca_file: {tmp_path / 'nope.crt'}\n  password_file: {tmp_path / 'pw'}\n"
+    )
+    assert code == 2
+    assert f"{file}:4: broker.ca_file: {tmp_path / 'nope.crt'} does not exist" in err
+    assert f"{file}:5: broker.password_file: {tmp_path / 'pw'} does not exist" in err
+    code, _out, err = validate(f"  url: mqtts://b:8883\n  cert_file: {client.cert}\n")
+    assert code == 2 and f"{file}:4: broker.cert_file: {client.cert} holds no private key: set broker.key_file" in err
+    code, _out, err = validate(f"  url: mqtts://b:8883\n  key_file: {client.key}\n")
+    assert code == 2 and f"{file}:4: broker.key_file: set without broker.cert_file" in err
+    code, out, _err = validate(f"  url: mqtts://b:8883\n  ca_file: {ca.cert}\n  cert_file: {combined}\n")
+    assert code == 0 and "valid" in out and "warning" not in out  # one PEM with the certificate and its key
+    code, out, _err = validate("  url: mqtt://b:1883\n", f"models:\n  manifest: {tmp_path / 'none.yaml'}\n")
+    assert code == 0
+    assert f"warning: {file}:5: models.manifest: no model manifest at {tmp_path / 'none.yaml'}: the gateway" in out
+    assert "reports degraded" in out
+
+
+def test_readable_means_readable_by_the_services_user(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    assert config_files.unreadable(secret, nobody) is not None and "nobody" in str(
+        config_files.unreadable(secret, nobody)
+    )
+    assert config_files.unreadable(Path("/etc/passwd"), nobody) is None
+    assert config_files.unreadable(tmp_path / "absent", nobody) == "does not exist"
+    assert config_files.unreadable(tmp_path, nobody) == "is not a file"

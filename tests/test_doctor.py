@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import config_files
 from gateway import doctor as doctor_module
 from gateway.config import MetricsConfig, parse_config
 from gateway.doctor import broker_check, run_doctor
@@ -54,7 +55,7 @@ def test_problems_are_found_and_named(tmp_path: Path) -> None:
         "focus-classifier 0.0.2 (focus_classifier, classifier.onnx): INVALID focus-classifier: classifier.onnx"
         in report
     )
-    assert "unreachable: [Errno 111] Connection refused" in report
+    assert f"unreachable: refused: nothing listens at 127.0.0.1:{port} (connection refused)" in report
     assert "(DEGRADED)" in report and report.rstrip().endswith("PROBLEMS FOUND")
 
 
@@ -173,7 +174,9 @@ def test_broker_over_tls(tmp_path: Path) -> None:
         assert f"Broker  mqtts://127.0.0.1:{port} (TLS, CA: {ca.cert})" in broker
         assert "reachable: CONNACK Success" in broker and code == 0, report
         code, report = classical_doctor(f"broker: {{url: 'mqtts://127.0.0.1:{port}', ca_file: '{other.cert}'}}\n")
-        assert "TLS handshake failed" in section(report, "Broker") and "certificate verify failed" in report
+        broker = section(report, "Broker")
+        assert "unreachable: tls_verification: self-signed certificate in certificate chain" in broker
+        assert "presented a certificate for CN=localhost issued by CN=test-ca" in broker
         assert code == 1
     finally:
         tls.stop()
@@ -216,3 +219,19 @@ def test_metrics_port_free_taken_by_the_gateway_or_by_another_program(tmp_path: 
 
     code, report = classical_doctor(base + "metrics: {enabled: false}\n")
     assert "disabled" in section(report, "Metrics") and code == 0
+
+
+def test_files_the_config_names_and_a_missing_manifest_are_problems(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(config_files, "SERVICE_USER", "no-such-user-here")  # this process's user, even as root
+    absent = tmp_path / "none.yaml"
+    code, report = doctor(
+        f"broker: {{url: '{broker.url}', ca_file: '{tmp_path / 'ca.crt'}'}}\nmodels: {{manifest: '{absent}'}}\n"
+    )
+    config = section(report, "Config")
+    assert f"INVALID <config>: broker.ca_file: {tmp_path / 'ca.crt'} does not exist" in config
+    assert f"warning: <config>: models.manifest: no model manifest at {absent}" in config
+    assert "ABSENT: the gateway judges with the classical assessor and reports degraded" in report
+    assert "backend: auto -> classical: no model manifest  (DEGRADED)" in report
+    assert code == 1

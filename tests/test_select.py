@@ -106,11 +106,12 @@ def test_the_default_config_and_the_repository_manifest_give_onnxruntime() -> No
     assert slot.reason.endswith(": ONNX Runtime")
 
 
-@pytest.mark.parametrize(("backend", "state"), [("auto", "online"), ("onnxruntime", "degraded")])
-def test_no_manifest_gives_classical(tmp_path: Path, backend: str, state: str) -> None:
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime"])
+def test_no_manifest_gives_classical_degraded_with_the_reason(tmp_path: Path, backend: str) -> None:
+    """A missing manifest is a mistake (a corrupt one already gave degraded): never a silent online."""
     slot = select_backend(config(tmp_path / "absent.yaml", backend), engines(tmp_path))
-    assert (slot.current.name, slot.state) == ("classical", state)
-    assert slot.reason == f"no model manifest at {tmp_path / 'absent.yaml'}: classical"
+    assert (slot.current.name, slot.state) == ("classical", "degraded")
+    assert slot.reason == f"no model manifest at {tmp_path / 'absent.yaml'} (models.manifest): classical"
 
 
 def test_an_invalid_manifest_degrades_to_classical_and_says_why(tmp_path: Path, manifest: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -11,8 +12,11 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +31,7 @@ from gateway.judge import build_judge
 from gateway.scenes import SceneSpec, encode_jpeg, render
 from gateway.service import GatewayService
 from gateway.systemd import Notifier, watchdog_interval
-from tests.conftest import Broker, Recorder
+from tests.conftest import Broker, Recorder, free_port, start_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "colposcopy-gateway.service"
@@ -43,9 +47,10 @@ def unit_settings() -> dict[str, list[str]]:
     return settings
 
 
-@pytest.mark.skipif(not Path(SYSTEMD_ANALYZE).exists(), reason="systemd-analyze is not installed")
 def test_unit_verifies_without_warnings(tmp_path: Path) -> None:
     """``systemd-analyze verify`` fails when ExecStart's binary is missing: point a copy at one that exists."""
+    if not Path(SYSTEMD_ANALYZE).exists():
+        pytest.fail("systemd-analyze is not installed: scripts/bootstrap.sh installs the systemd package")
     executable = Path(sys.executable).parent / "colpo-gateway"
     assert executable.exists(), "the package is not installed in this venv"
     text = UNIT.read_text().replace("/opt/colposcopy-gateway/venv/bin/colpo-gateway", str(executable))
@@ -263,3 +268,76 @@ def test_watchdog_pings_stop_while_a_worker_is_stuck_on_a_photo(
     finally:
         detector.release.set()
         service.stop()
+
+
+def test_ready_without_a_broker_then_waiting_for_it_with_the_watchdog_going(
+    notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    """The broker starts later than the gateway (or lives on a box that boots later): READY=1 once the config and
+    the backend are loaded, WATCHDOG=1 while it reconnects, STATUS= and /readyz say what it waits for and why;
+    once the broker is there, the gateway serves."""
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"gateway_id: gw-early\nbackend: classical\nbroker: {{url: 'mqtt://127.0.0.1:{port}'}}\n"
+        f"store: {{path: '{tmp_path / 'verdicts.sqlite3'}'}}\nmetrics: {{port: 0}}\nlogging: {{format: json}}\n"
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "1000000"}
+    command = f'export WATCHDOG_PID=$$; exec "{sys.executable}" -m gateway run --config "{config}"'
+    log = tmp_path / "gateway.log"
+    started = time.monotonic()
+    with log.open("wb") as err:
+        process = subprocess.Popen(["sh", "-c", command], env=env, cwd=REPO, stderr=err)
+    broker = None
+    try:
+        notify_socket.wait_for(has("READY=1"), timeout=10)
+        assert time.monotonic() - started < 10
+        waiting = f"STATUS=waiting for broker at mqtt://127.0.0.1:{port} (last attempt: refused: nothing listens"
+        notify_socket.wait_for(lambda f: any(x.startswith(waiting) for x in f), timeout=15)
+        pinging = time.monotonic()
+        time.sleep(3)
+        assert notify_socket.fields(since=pinging).count("WATCHDOG=1") >= 4  # every 0.5 s, broker or not
+        metrics_port = next(
+            int(e["url"].rsplit(":", 1)[1].split("/")[0]) for e in _events(log) if e["event"] == "metrics_serving"
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5)
+        assert answer.value.code == 503
+        assert answer.value.read().decode().startswith(waiting.removeprefix("STATUS="))
+        broker = start_mosquitto(tmp_path / "broker", port=port)
+        notify_socket.wait_for(lambda f: "STATUS=serving: classical, 0 photos judged" in f, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if broker is not None:
+            broker.stop()
+    failures = [e for e in _events(log) if e["event"] == "broker_connect_failed"]
+    assert failures and failures[0]["cause"] == "refused" and failures[0]["broker"] == f"mqtt://127.0.0.1:{port}"
+    assert [e["event"] for e in _events(log)].count("broker_connect_recovered") == 1
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("broker: {url: 'mqtt://127.0.0.1:1'}\nbroker: {username: gw}\n", "gateway.yaml:2: broker: duplicate key"),
+        ("broker: {url: 'mqtts://127.0.0.1:1', ca_file: /nonexistent/ca.crt}\n", "gateway.yaml:1: broker.ca_file:"),
+    ],
+)
+def test_a_config_error_at_start_exits_with_a_status_systemd_does_not_retry(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert str(result.returncode) in unit_settings()["RestartPreventExitStatus"][0].split(), result
+    assert named in result.stderr

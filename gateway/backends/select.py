@@ -107,7 +107,7 @@ class _Selector:
             return BackendSlot(self.classical, "backend: classical in the config")
         path = self.config.models.manifest_path()
         if not path.is_file():
-            return self._fallback(f"no model manifest at {path}", degraded=requested != "auto")
+            return self._fallback(f"no model manifest at {path} (models.manifest)", degraded=True)
         try:
             manifest = load_manifest(path)
         except ManifestError as exc:
