@@ -26,6 +26,7 @@ import structlog
 from gateway import __version__
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
+from gateway.fair_queue import FairQueue
 from gateway.judge import Judge, PhotoRequest
 from gateway.metrics import Metrics
 from gateway.protocol import (
@@ -59,6 +60,11 @@ class _Job:
     photo: IncomingPhoto
 
 
+def _device(job: _Job) -> tuple[str, str]:
+    """Whose share of the queue a photo takes."""
+    return job.request.site, job.request.device
+
+
 def _open_store(config: GatewayConfig) -> VerdictStore:
     """The configured store; if its file cannot be opened, an in-memory one (duplicates are then recognised
     only until a restart) rather than no gateway at all."""
@@ -83,7 +89,7 @@ class GatewayService:
         self._store = store if store is not None else _open_store(config)
         self._topics = Topics(config.topic_prefix)
         processing = config.processing
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=processing.queue_size)
+        self._queue: FairQueue[_Job] = FairQueue(processing.queue_size, _device)
         self._workers = [
             threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
             for n in range(processing.worker_count())
@@ -268,11 +274,10 @@ class GatewayService:
             detail = f"the {IMAGE_ID_PROPERTY} user property must be 1..64 characters of [A-Za-z0-9._-]"
             self._reply(job, self._judge.error(request, Reason.BAD_IMAGE_ID, detail))
             return
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            retry = self._config.processing.busy_retry_after_ms
-            self._reply(job, self._judge.error(request, Reason.BUSY, "the gateway is busy", retry_after_ms=retry))
+        retry = self._config.processing.busy_retry_after_ms
+        for refused in self._queue.admit(job):  # this photo, or another device's over its fair share
+            busy = self._judge.error(refused.request, Reason.BUSY, "the gateway is busy", retry_after_ms=retry)
+            self._reply(refused, busy)
 
     def _work(self) -> None:
         """Judge photos from the queue; beat the watchdog heartbeat while idle and after each photo."""
