@@ -99,6 +99,7 @@ def test_a_flooding_device_does_not_keep_the_others_waiting(broker: Broker) -> N
     photo = encode_jpeg(render(SceneSpec(width=1600, height=1200, seed=1)).image)
     config = gateway_config(broker, processing={"workers": 1, "queue_size": 8, "busy_retry_after_ms": 1000})
     judge = build_judge(config)
+    judge.judge(PhotoRequest("m", "m", "warm-up", photo, in_run=False))
     started = time.monotonic()
     for n in range(8):  # the gateway's capacity, measured now on this machine: one worker judging back to back
         judge.judge(PhotoRequest("m", "m", f"m{n}", photo, in_run=False))
