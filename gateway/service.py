@@ -30,13 +30,13 @@ from gateway.fair_queue import FairQueue
 from gateway.judge import Judge, PhotoRequest
 from gateway.metrics import Metrics
 from gateway.protocol import (
+    IMAGE_ID_PROPERTY,
     Reason,
     StatusMessage,
     TopicError,
     Topics,
     VerdictMessage,
-    image_id_from_digest,
-    is_valid_id,
+    resolve_image_id,
     utc_timestamp,
 )
 from gateway.store import PhotoKey, StoredVerdict, VerdictStore
@@ -44,9 +44,6 @@ from gateway.systemd import Notifier
 from gateway.transport import IncomingPhoto, MqttTransport, Outgoing
 
 log = structlog.get_logger(__name__)
-
-IMAGE_ID_PROPERTY = "image-id"
-
 
 #: Reasons whose verdicts are not stored: a later delivery of the same photo deserves a fresh try.
 _TRANSIENT = frozenset({Reason.BUSY, Reason.INTERNAL})
@@ -254,7 +251,7 @@ class GatewayService:
             return
         site, device = parsed.site, parsed.device
         claimed = next((v for k, v in photo.user_properties if k == IMAGE_ID_PROPERTY), None)
-        image_id = claimed if claimed is not None else parsed.image_id or image_id_from_digest(photo.payload_sha256)
+        image_id, bad_id = resolve_image_id(parsed, claimed, photo.payload_sha256)
         reply_topic = self._topics.verdicts(site, device)
         if photo.response_topic is not None:
             if self._topics.response_topic_allowed(photo.response_topic, site, device):
@@ -266,13 +263,10 @@ class GatewayService:
                     device=device,
                     response_topic=photo.response_topic[:200],
                 )
-        valid_id = is_valid_id(image_id)
-        accepted_id = image_id if valid_id else image_id_from_digest(photo.payload_sha256)
-        request = PhotoRequest(site, device, accepted_id, photo.payload)
+        request = PhotoRequest(site, device, image_id, photo.payload)
         job = _Job(request, reply_topic, photo.correlation_data, photo)
-        if not valid_id:
-            detail = f"the {IMAGE_ID_PROPERTY} user property must be 1..64 characters of [A-Za-z0-9._-]"
-            self._reply(job, self._judge.error(request, Reason.BAD_IMAGE_ID, detail))
+        if bad_id is not None:
+            self._reply(job, self._judge.error(request, Reason.BAD_IMAGE_ID, bad_id))
             return
         retry = self._config.processing.busy_retry_after_ms
         for refused in self._queue.admit(job):  # this photo, or another device's over its fair share
