@@ -85,7 +85,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway.simulate import Result, folder_photos, generated_photos, run_devices, summarize
+    from gateway.simulate import BrokerUnreachable, Result, folder_photos, generated_photos, run_devices, summarize
 
     photos = folder_photos(args.folder) if args.folder else generated_photos(*args.size)
     if not photos:
@@ -105,19 +105,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
 
     started = time.monotonic()
-    results = run_devices(
-        args.broker,
-        photos,
-        devices=args.devices,
-        per_device=args.count or len(photos),
-        rate_hz=args.rate,
-        site=args.site,
-        prefix=args.prefix,
-        timeout_s=args.timeout,
-        on_result=None if args.quiet else show,
-    )
-    print(summarize(results, time.monotonic() - started))
-    return 0 if all(r.verdict is not None for r in results) else 1
+    per_device = args.count or len(photos)
+    try:
+        results = run_devices(
+            args.broker,
+            photos,
+            devices=args.devices,
+            per_device=per_device,
+            rate_hz=args.rate,
+            site=args.site,
+            prefix=args.prefix,
+            timeout_s=args.timeout,
+            on_result=None if args.quiet else show,
+            run_id=args.run_id,
+        )
+    except BrokerUnreachable as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 1
+    interrupted = len(results) < args.devices * per_device
+    print(("interrupted\n" if interrupted else "") + summarize(results, time.monotonic() - started))
+    return 130 if interrupted else 0 if all(r.verdict is not None for r in results) else 1
 
 
 def _models_config(args: argparse.Namespace) -> GatewayConfig:
@@ -236,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--prefix", default="colposcopy")
     sim.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each verdict")
     sim.add_argument("--quiet", action="store_true", help="only the summary")
+    sim.add_argument(
+        "--run-id",
+        help="image ids are <run-id>-<device>-<n> (default: fresh each run); the same run id again is answered"
+        " from the gateway's verdict store",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     engines = sub.add_parser("engines", help="TensorRT engines: build plans, quantize for INT8")
@@ -296,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print("configuration error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C in a command other than run (which stops cleanly on SIGINT itself)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
