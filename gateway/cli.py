@@ -115,7 +115,7 @@ def _device_access(args: argparse.Namespace) -> tuple[DeviceAccess, str | None]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway.simulate import Result, folder_photos, generated_photos, run_devices, summarize
+    from gateway.simulate import BrokerUnreachable, Result, folder_photos, generated_photos, run_devices, summarize
 
     access, device_name = _device_access(args)
     photos = folder_photos(args.folder) if args.folder else generated_photos(*args.size)
@@ -136,21 +136,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
 
     started = time.monotonic()
-    results = run_devices(
-        args.broker,
-        photos,
-        devices=args.devices,
-        per_device=args.count or len(photos),
-        rate_hz=args.rate,
-        site=args.site,
-        prefix=args.prefix,
-        timeout_s=args.timeout,
-        on_result=None if args.quiet else show,
-        access=access,
-        device_name=device_name,
-    )
-    print(summarize(results, time.monotonic() - started))
-    return 0 if all(r.verdict is not None for r in results) else 1
+    per_device = args.count or len(photos)
+    try:
+        results = run_devices(
+            args.broker,
+            photos,
+            devices=args.devices,
+            per_device=per_device,
+            rate_hz=args.rate,
+            site=args.site,
+            prefix=args.prefix,
+            timeout_s=args.timeout,
+            on_result=None if args.quiet else show,
+            run_id=args.run_id,
+            access=access,
+            device_name=device_name,
+        )
+    except BrokerUnreachable as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 1
+    interrupted = len(results) < args.devices * per_device
+    print(("interrupted\n" if interrupted else "") + summarize(results, time.monotonic() - started))
+    return 130 if interrupted else 0 if all(r.verdict is not None for r in results) else 1
 
 
 def _models_config(args: argparse.Namespace) -> GatewayConfig:
@@ -299,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--identity", metavar="SITE/DEVICE", help="the certificate's CN, with --cert-file (one device: --devices 1)"
     )
+    sim.add_argument(
+        "--run-id",
+        help="image ids are <run-id>-<device>-<n> (default: fresh each run); the same run id again is answered"
+        " from the gateway's verdict store",
+    )
     sim.set_defaults(func=cmd_simulate)
 
     engines = sub.add_parser("engines", help="TensorRT engines: build plans, quantize for INT8")
@@ -366,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print("configuration error:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C in a command other than run (which stops cleanly on SIGINT itself)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -139,7 +139,12 @@ class DecodeConfig(_Section):
 
 class ProcessingConfig(_Section):
     workers: int = Field(default=0, ge=0, le=64, description="Worker threads; 0 = one per CPU core")
-    queue_size: int = Field(default=8, ge=1, le=1024, description="Photos waiting beyond this get a busy error")
+    queue_size: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Photos waiting beyond this get a busy error; each device gets a fair share",
+    )
     busy_retry_after_ms: int = Field(default=2000, ge=0)
     shutdown_grace_s: float = Field(
         default=20,

@@ -66,6 +66,9 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
     started = time.monotonic()
     try:
         apply_credentials(client, broker)
+    except OSError as exc:
+        return False, f"not tried: the password cannot be read ({exc})"
+    try:
         client.connect(broker.host, broker.port, keepalive=10)
     except OSError as exc:  # ssl.SSLError included
         return False, f"unreachable: {from_exception(exc, broker).describe()}"
@@ -88,12 +91,30 @@ def broker_check(broker: BrokerConfig, timeout_s: float = 5.0) -> tuple[bool, st
 class _Report:
     def __init__(self, out: TextIO) -> None:
         self.out = out
+        self.problems: list[str] = []
+        self._section = ""
 
     def section(self, title: str) -> None:
+        self._section = title
         print(f"\n{title}", file=self.out)
 
     def line(self, text: str) -> None:
         print(f"  {text}", file=self.out)
+
+    def problem(self, text: str) -> None:
+        """A line that makes the report fail; listed again, with its section, under PROBLEMS FOUND."""
+        self.line(text)
+        self.problems.append(f"{self._section}: {text}")
+
+    def verdict(self, healthy: bool = True) -> int:
+        """Print OK, or PROBLEMS FOUND and each problem; the exit status."""
+        if healthy and not self.problems:
+            print("\nOK", file=self.out)
+            return 0
+        print("\nPROBLEMS FOUND", file=self.out)
+        for problem in self.problems:
+            print(f"  - {problem}", file=self.out)
+        return 1
 
 
 def _manifest(config: GatewayConfig, report: _Report) -> tuple[Manifest | None, bool]:
@@ -110,14 +131,17 @@ def _manifest(config: GatewayConfig, report: _Report) -> tuple[Manifest | None, 
         manifest = parse_manifest(path.read_text(), str(path), path.parent)
     except (ManifestError, OSError) as exc:
         for problem in exc.problems if isinstance(exc, ManifestError) else [str(exc)]:
-            report.line(f"INVALID {problem}")
+            report.problem(f"INVALID {problem}")
         return None, False
     problems = {p.split(":", 1)[0]: p for p in verify_files(manifest)}
     if not manifest.models:
         report.line("valid; lists no models (auto uses the classical assessor)")
     for spec in manifest.models:
-        state = f"INVALID {problems[spec.name]}" if spec.name in problems else "sha256 ok"
-        report.line(f"{spec.name} {spec.version} ({spec.task}, {manifest.onnx_path(spec).name}): {state}")
+        line = f"{spec.name} {spec.version} ({spec.task}, {manifest.onnx_path(spec).name}): "
+        if spec.name in problems:
+            report.problem(line + f"INVALID {problems[spec.name]}")
+        else:
+            report.line(line + "sha256 ok")
     return (None, False) if problems else (manifest, True)
 
 
@@ -180,8 +204,11 @@ def _credentials(broker: BrokerConfig, report: _Report) -> bool:
     user = f"username {broker.username!r}"
     try:
         password = broker.password()
+    except FileNotFoundError:
+        report.problem(f"{user}: the password file {broker.password_file} does not exist")
+        return False
     except OSError as exc:
-        report.line(f"{user}: the password file cannot be read: {exc}")
+        report.problem(f"{user}: the password file cannot be read: {exc}")
         return False
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if password and credentials and (Path(credentials) / "mqtt-password").is_file():
@@ -193,7 +220,7 @@ def _credentials(broker: BrokerConfig, report: _Report) -> bool:
     elif CREDENTIAL_SOURCE.is_file() and CREDENTIAL_SOURCE.stat().st_size > 0:
         report.line(f"{user}: password found in {CREDENTIAL_SOURCE} (the unit loads it as credential mqtt-password)")
     else:
-        report.line(
+        report.problem(
             f"{user} but NO PASSWORD: put it in {CREDENTIAL_SOURCE} (credential mqtt-password),"
             " COLPO_GATEWAY_MQTT_PASSWORD or broker.password_file"
         )
@@ -220,7 +247,7 @@ def _folders(config: GatewayConfig, report: _Report) -> bool:
     for name, path in (("engine cache", config.models.cache_dir()), ("verdict store", config.store.resolved_path())):
         folder = path if name == "engine cache" else path.parent
         writable, why = _writable(folder)
-        report.line(f"{name}  {folder}: {why}")
+        (report.line if writable else report.problem)(f"{name}  {folder}: {why}")
         ok = ok and writable
     return ok
 
@@ -243,7 +270,7 @@ def _metrics(metrics: MetricsConfig, report: _Report) -> bool:
             return True
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
-                report.line(f"CANNOT LISTEN on {metrics.host}:{metrics.port}: {exc.strerror}")
+                report.problem(f"CANNOT LISTEN on {metrics.host}:{metrics.port}: {exc.strerror}")
                 return False
     host = "127.0.0.1" if metrics.host == "0.0.0.0" else metrics.host
     if family == socket.AF_INET6:
@@ -252,7 +279,7 @@ def _metrics(metrics: MetricsConfig, report: _Report) -> bool:
         with urllib.request.urlopen(f"http://{host}:{metrics.port}/healthz", timeout=3) as answer:
             report.line(f"port {metrics.port} in use by the running gateway: /healthz answers {answer.status}")
     except OSError as exc:  # URLError included
-        report.line(f"port {metrics.port} IN USE by another program (/healthz: {exc})")
+        report.problem(f"port {metrics.port} IN USE by another program (/healthz: {exc})")
         return False
     report.line(f"the running gateway: {_readyz(f'http://{host}:{metrics.port}/readyz')}")
     return True
@@ -307,9 +334,8 @@ def invalid_config(source: Path | None, problems: list[str], out: TextIO | None 
     print(f"colposcopy-gateway {__version__} doctor", file=report.out)
     report.section(f"Config  {source or '(none: the defaults)'}")
     for problem in problems:
-        report.line(f"INVALID {problem}")
-    print("\nPROBLEMS FOUND", file=report.out)
-    return 1
+        report.problem(f"INVALID {problem}")
+    return report.verdict()
 
 
 def run_doctor(
@@ -328,7 +354,7 @@ def run_doctor(
     report.line(f"valid: gateway_id {config.gateway_id}, broker {config.broker.url}")
     files = check_files(config, source, service_user())
     for problem in files.errors:
-        report.line(f"INVALID {problem}")
+        report.problem(f"INVALID {problem}")
     for warning in files.warnings:
         report.line(f"warning: {warning}")
     manifest, manifest_ok = _manifest(config, report)
@@ -340,16 +366,20 @@ def run_doctor(
     plans = _engines(config, manifest, target, report)
     choice, as_configured = _choice(config, manifest, ort_ok, target is not None, plans)
     report.section("Selection")
-    report.line(f"backend: {config.backend} -> {choice}{'' if as_configured else '  (DEGRADED)'}")
+    (report.line if as_configured else report.problem)(
+        f"backend: {config.backend} -> {choice}{'' if as_configured else '  (DEGRADED)'}"
+    )
     credentials_ok = _credentials(config.broker, report)
     tls = f" (TLS, CA: {config.broker.ca_file or 'the system store'})" if config.broker.tls else ""
     report.section(f"Broker  {config.broker.url}{tls}")
-    broker_ok, broker_why = broker_check(config.broker)
-    report.line(broker_why)
+    broker_ok = False
+    if credentials_ok:
+        broker_ok, broker_why = broker_check(config.broker)
+        (report.line if broker_ok else report.problem)(broker_why)
+    else:
+        report.line("not tried: no password to connect with (see Credentials)")
     folders_ok = _folders(config, report)
     metrics_ok = _metrics(config.metrics, report)
     _allocator(report)
     checks = (not files.errors, manifest_ok, as_configured, broker_ok, credentials_ok, folders_ok, metrics_ok)
-    healthy = all(checks)
-    print(f"\n{'OK' if healthy else 'PROBLEMS FOUND'}", file=report.out)
-    return 0 if healthy else 1
+    return report.verdict(all(checks))

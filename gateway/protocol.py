@@ -65,6 +65,12 @@ def is_valid_id(value: str) -> bool:
     return _ID.fullmatch(value) is not None
 
 
+def quote_id(value: str, limit: int = 64) -> str:
+    """An id a device sent, fit to quote back in a verdict's ``detail``: in quotes, characters outside printable
+    ASCII escaped (as Python's ``ascii`` does), cut to ``limit`` characters."""
+    return ascii(value[:limit]) + (f" (cut, {len(value)} characters)" if len(value) > limit else "")
+
+
 def derive_image_id(payload: bytes) -> str:
     """A stable id for a photo sent without one: the same bytes always get the same id."""
     return image_id_from_digest(hashlib.sha256(payload).hexdigest())
@@ -81,6 +87,28 @@ class ImageTopic:
     device: str
     image_id: str | None
     """Set only by the MQTT 3.1.1 form ``<prefix>/<site>/<device>/images/<image-id>``."""
+    invalid_image_id: str | None = None
+    """The id level of that form when it is not a valid id (answered ``bad_image_id``); ``image_id`` is then None."""
+
+
+IMAGE_ID_PROPERTY = "image-id"
+
+
+def resolve_image_id(parsed: ImageTopic, claimed: str | None, payload_sha256: str) -> tuple[str, str | None]:
+    """The id a photo is answered under, and why it is refused (``bad_image_id``), or None when it is not.
+
+    The ``image-id`` user property (``claimed``) wins over an id in the topic; with neither, and for an invalid
+    id, the id derived from the payload."""
+    if claimed is not None:
+        sent, where = claimed, f"the {IMAGE_ID_PROPERTY} user property"
+    elif parsed.invalid_image_id is not None:
+        sent, where = parsed.invalid_image_id, "the image id in the topic"
+    else:
+        return parsed.image_id or image_id_from_digest(payload_sha256), None
+    if is_valid_id(sent):
+        return sent, None
+    why = f"{where} {quote_id(sent)} is not an id: 1..64 characters of [A-Za-z0-9._-], starting with a letter or digit"
+    return image_id_from_digest(payload_sha256), why
 
 
 @dataclass(frozen=True)
@@ -127,7 +155,8 @@ class Topics:
         return f"{self.prefix}/{RESERVED_SITE}/{gateway_id}/status"
 
     def parse_image_topic(self, topic: str) -> ImageTopic:
-        """Split an incoming image topic into its ids, or raise TopicError saying why it is not one."""
+        """Split an incoming image topic into its ids, or raise TopicError saying why it is not one. An invalid id
+        in the image id level is no TopicError: the photo is answered ``bad_image_id`` (``invalid_image_id``)."""
         head = self.prefix + "/"
         if not topic.startswith(head):
             raise TopicError("outside the prefix")
@@ -137,10 +166,14 @@ class Topics:
         site, device = levels[0], levels[1]
         if site == RESERVED_SITE:
             raise TopicError(f"site {RESERVED_SITE!r} is reserved")
-        for name, value in (("site", site), ("device", device), *(("image id", lv) for lv in levels[3:])):
+        for name, value in (("site", site), ("device", device)):
             if not is_valid_id(value):
                 raise TopicError(f"{name} is empty, too long or has characters outside [A-Za-z0-9._-]")
-        return ImageTopic(site, device, levels[3] if len(levels) == 4 else None)
+        if len(levels) == 3:
+            return ImageTopic(site, device, None)
+        if is_valid_id(levels[3]):
+            return ImageTopic(site, device, levels[3])
+        return ImageTopic(site, device, None, invalid_image_id=levels[3])
 
     def response_topic_allowed(self, response_topic: str, site: str, device: str) -> bool:
         """True when a requested Response Topic is the requesting device's ``verdicts`` or under its ``replies/``.
@@ -215,7 +248,10 @@ class VerdictMessage(_Message):
         serialization_alias="schema",
         json_schema_extra={"const": VERDICT_SCHEMA},
     )
-    image_id: str
+    image_id: str = Field(
+        description="The image-id user property, else the id in the topic, else (and for bad_image_id) the id derived"
+        " from the payload"
+    )
     site: str
     device: str
     verdict: Outcome
@@ -227,7 +263,11 @@ class VerdictMessage(_Message):
     best_image_id: str | None = Field(
         default=None, description="Set with reason recapture_limit: the sharpest photo of the run"
     )
-    detail: str | None = Field(default=None, description="Human-readable detail for errors")
+    detail: str | None = Field(
+        default=None,
+        description="Human-readable detail for errors; for bad_image_id it quotes the id sent (characters outside"
+        " printable ASCII escaped, cut to 64)",
+    )
     backend: str
     models: dict[str, str]
     timings_ms: dict[str, float]

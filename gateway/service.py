@@ -26,16 +26,17 @@ import structlog
 from gateway import __version__
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
+from gateway.fair_queue import FairQueue
 from gateway.judge import Judge, PhotoRequest
 from gateway.metrics import Metrics
 from gateway.protocol import (
+    IMAGE_ID_PROPERTY,
     Reason,
     StatusMessage,
     TopicError,
     Topics,
     VerdictMessage,
-    image_id_from_digest,
-    is_valid_id,
+    resolve_image_id,
     utc_timestamp,
 )
 from gateway.store import PhotoKey, StoredVerdict, VerdictStore
@@ -43,9 +44,6 @@ from gateway.systemd import Notifier
 from gateway.transport import IncomingPhoto, MqttTransport, Outgoing
 
 log = structlog.get_logger(__name__)
-
-IMAGE_ID_PROPERTY = "image-id"
-
 
 #: Reasons whose verdicts are not stored: a later delivery of the same photo deserves a fresh try.
 _TRANSIENT = frozenset({Reason.BUSY, Reason.INTERNAL})
@@ -95,6 +93,11 @@ class _Job:
     photo: IncomingPhoto
 
 
+def _device(job: _Job) -> tuple[str, str]:
+    """Whose share of the queue a photo takes."""
+    return job.request.site, job.request.device
+
+
 def _open_store(config: GatewayConfig) -> VerdictStore:
     """The configured store (in memory, reported as a fault, while its file cannot be opened)."""
     settings = config.store
@@ -117,7 +120,7 @@ class GatewayService:
         judge.policy.keep_runs_in(self._store)
         self._topics = Topics(config.topic_prefix)
         processing = config.processing
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=processing.queue_size)
+        self._queue: FairQueue[_Job] = FairQueue(processing.queue_size, _device)
         self._workers = [
             threading.Thread(target=self._work, name=f"worker-{n}", daemon=True)
             for n in range(processing.worker_count())
@@ -297,7 +300,7 @@ class GatewayService:
             return
         site, device = parsed.site, parsed.device
         claimed = next((v for k, v in photo.user_properties if k == IMAGE_ID_PROPERTY), None)
-        image_id = claimed if claimed is not None else parsed.image_id or image_id_from_digest(photo.payload_sha256)
+        image_id, bad_id = resolve_image_id(parsed, claimed, photo.payload_sha256)
         reply_topic = self._topics.verdicts(site, device)
         if photo.response_topic is not None:
             if self._topics.response_topic_allowed(photo.response_topic, site, device):
@@ -309,19 +312,15 @@ class GatewayService:
                     device=device,
                     response_topic=photo.response_topic[:200],
                 )
-        valid_id = is_valid_id(image_id)
-        accepted_id = image_id if valid_id else image_id_from_digest(photo.payload_sha256)
-        request = PhotoRequest(site, device, accepted_id, photo.payload)
+        request = PhotoRequest(site, device, image_id, photo.payload)
         job = _Job(request, reply_topic, photo.correlation_data, photo)
-        if not valid_id:
-            detail = f"the {IMAGE_ID_PROPERTY} user property must be 1..64 characters of [A-Za-z0-9._-]"
-            self._reply(job, self._judge.error(request, Reason.BAD_IMAGE_ID, detail))
+        if bad_id is not None:
+            self._reply(job, self._judge.error(request, Reason.BAD_IMAGE_ID, bad_id))
             return
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            retry = self._config.processing.busy_retry_after_ms
-            self._reply(job, self._judge.error(request, Reason.BUSY, "the gateway is busy", retry_after_ms=retry))
+        retry = self._config.processing.busy_retry_after_ms
+        for refused in self._queue.admit(job):  # this photo, or another device's over its fair share
+            busy = self._judge.error(refused.request, Reason.BUSY, "the gateway is busy", retry_after_ms=retry)
+            self._reply(refused, busy)
 
     def _work(self) -> None:
         """Judge photos from the queue; beat the watchdog heartbeat while idle and after each photo."""

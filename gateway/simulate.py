@@ -1,11 +1,14 @@
 """Device simulator: N devices send photos through ``GatewayClient`` at a set rate and time the verdicts.
 
 Photos come from a folder of JPEG/PNG files, or are generated colposcope-like scenes with a known
-expected outcome (``gateway.scenes``), so a demo or a test needs no clinic photos.
+expected outcome (``gateway.scenes``), so a demo or a test needs no clinic photos. Each run sends fresh image ids
+(``<run id>-<device>-<n>``), so a second run is judged again rather than answered from the gateway's verdict store;
+a verdict that was decided before its photo was sent (a repeat from the store) is counted apart.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
@@ -45,6 +48,20 @@ class Result:
     verdict: VerdictMessage | None
     latency_ms: float
 
+    @property
+    def repeat(self) -> bool:
+        """Answered from the gateway's verdict store: the verdict's own received-to-decided time is longer than
+        the whole round trip of this send, so it was decided for an earlier send of the same photo and id."""
+        return self.verdict is not None and self.latency_ms < self.verdict.timings_ms.get("total", 0.0)
+
+
+class BrokerUnreachable(ConnectionError):
+    """A simulated device could not connect to the broker."""
+
+
+def fresh_run_id() -> str:
+    return secrets.token_hex(4)
+
 
 def folder_photos(folder: Path) -> list[Photo]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -76,26 +93,37 @@ def run_devices(
     on_result: Callable[[Result], None] | None = None,
     access: DeviceAccess | None = None,
     device_name: str | None = None,
+    run_id: str | None = None,
 ) -> list[Result]:
     """Each device sends ``per_device`` photos (cycling through ``photos``), one every 1/rate_hz seconds. Devices are
-    named sim-00, sim-01, ..., or ``device_name`` (one device: the identity of its account or certificate)."""
+    named sim-00, sim-01, ..., or ``device_name`` (one device: the identity of its account or certificate); image
+    ids are ``<run_id>-<device>-<n>`` (``run_id`` fresh when None). Raises ``BrokerUnreachable`` when a device cannot
+    connect. On Ctrl-C, returns the results so far."""
     access = access or DeviceAccess()
+    run_id = run_id or fresh_run_id()
     results: list[Result] = []
+    failures: list[OSError] = []
     lock = threading.Lock()
 
     def device_loop(index: int) -> None:
         name = device_name or f"sim-{index:02d}"
-        with GatewayClient(
-            broker_url,
-            site,
-            name,
-            prefix=prefix,
-            username=access.username,
-            password=access.password,
-            ca_file=access.ca_file,
-            cert_file=access.cert_file,
-            key_file=access.key_file,
-        ) as client:
+        try:
+            client = GatewayClient(
+                broker_url,
+                site,
+                name,
+                prefix=prefix,
+                username=access.username,
+                password=access.password,
+                ca_file=access.ca_file,
+                cert_file=access.cert_file,
+                key_file=access.key_file,
+            )
+        except OSError as exc:  # refused, unreachable, unknown host, TLS, or no CONNACK in time
+            with lock:
+                failures.append(exc)
+            return
+        with client:
             start = time.monotonic()
             for k in range(per_device):
                 photo = photos[(index + k * devices) % len(photos)]
@@ -104,7 +132,7 @@ def run_devices(
                 sent = time.monotonic()
                 try:
                     verdict: VerdictMessage | None = client.submit(
-                        photo.payload, image_id=f"{name}-{k:04d}", timeout_s=timeout_s, retries=0
+                        photo.payload, image_id=f"{run_id}-{name}-{k:04d}", timeout_s=timeout_s, retries=0
                     )
                 except SubmitTimeout:
                     verdict = None
@@ -117,25 +145,41 @@ def run_devices(
     threads = [threading.Thread(target=device_loop, args=(i,), daemon=True) for i in range(devices)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:
+        with lock:
+            return list(results)
+    if failures:
+        reason = failures[0].strerror or str(failures[0])
+        raise BrokerUnreachable(f"{len(failures)} of {devices} devices could not connect to {broker_url}: {reason}")
     return results
+
+
+def _latencies(results: list[Result]) -> str:
+    lat = np.array([r.latency_ms for r in results])
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    return f"p50={p50:.1f} p95={p95:.1f} p99={p99:.1f} max={lat.max():.1f}"
 
 
 def summarize(results: list[Result], wall_s: float) -> str:
     answered = [r for r in results if r.verdict is not None]
+    judged = [r for r in answered if not r.repeat]
+    repeats = [r for r in answered if r.repeat]
     verdicts = Counter(r.verdict.verdict for r in answered if r.verdict)
     reasons = Counter(reason for r in answered if r.verdict for reason in r.verdict.reasons)
     lines = [
         f"photos sent: {len(results)}, answered: {len(answered)}, unanswered: {len(results) - len(answered)}",
+        f"repeats (answered from the gateway's verdict store, not judged again): {len(repeats)}",
         "verdicts: " + ", ".join(f"{k}={v}" for k, v in sorted(verdicts.items())),
         "reasons: " + (", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "none"),
     ]
-    if answered:
-        lat = np.array([r.latency_ms for r in answered])
-        p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-        lines.append(f"latency ms: p50={p50:.1f} p95={p95:.1f} p99={p99:.1f} max={lat.max():.1f}")
-        lines.append(f"throughput: {len(answered) / wall_s:.2f} photos/s over {wall_s:.1f} s")
+    if judged:
+        lines.append(f"latency ms: {_latencies(judged)}")
+        lines.append(f"throughput: {len(judged) / wall_s:.2f} photos/s over {wall_s:.1f} s")
+    if repeats:
+        lines.append(f"latency ms of the repeats: {_latencies(repeats)}")
     known = [r for r in answered if r.photo.expected is not None and r.verdict]
     if known:
         agree = sum(r.verdict.verdict == r.photo.expected for r in known if r.verdict)

@@ -4,6 +4,7 @@ and what the gateway really publishes over a real Mosquitto validates against th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.config import parse_config
 from gateway.judge import build_judge
-from gateway.protocol import json_schemas, main, schema_text
+from gateway.protocol import TopicError, Topics, json_schemas, main, schema_text
 from gateway.scenes import SceneSpec, encode_jpeg, render
 from gateway.service import GatewayService
 from tests.conftest import Broker, Recorder
@@ -132,3 +133,125 @@ def test_schemas_reject_what_the_contract_forbids_and_allow_added_fields() -> No
     assert not check.is_valid({**status, "state": "sleeping"})
     assert not check.is_valid({**status, "schema": "colposcopy-gateway/status/2"})
     assert not check.is_valid({k: v for k, v in status.items() if k != "gateway_id"})
+
+
+# ------------------------------------------------------------ the AsyncAPI channels and the code's topic rules
+
+TOPICS = Topics("colposcopy")
+
+
+def asyncapi() -> dict[str, Any]:
+    return dict(yaml.safe_load((DOCS / "asyncapi.yaml").read_text()))
+
+
+def resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            doc = doc[part]
+        node = doc  # type: ignore[assignment]
+    return node
+
+
+def channel_parameters(doc: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    return {p: resolve(doc, spec) for p, spec in doc["channels"][name].get("parameters", {}).items()}
+
+
+def channel_regex(doc: dict[str, Any], name: str, any_level: tuple[str, ...] = ()) -> re.Pattern[str]:
+    """The channel's address as a regular expression, each parameter a named group matching its ``x-pattern``
+    (those in ``any_level``: any one topic level)."""
+    params = channel_parameters(doc, name)
+    parts = re.split(r"\{(\w+)\}", doc["channels"][name]["address"])
+    pattern = "".join(
+        re.escape(part) if n % 2 == 0 else f"(?P<{part}>{'[^/]*' if part in any_level else params[part]['x-pattern']})"
+        for n, part in enumerate(parts)
+    )
+    return re.compile(pattern)
+
+
+def instances(doc: dict[str, Any], name: str, **fixed: str) -> list[str]:
+    """The channel's address filled with its parameters' examples (``fixed`` ones as given)."""
+    params = channel_parameters(doc, name)
+    topics = [doc["channels"][name]["address"]]
+    for param, spec in params.items():
+        values = [fixed[param]] if param in fixed else spec["examples"]
+        topics = [t.replace("{" + param + "}", v) for t in topics for v in values]
+    return topics
+
+
+def operations(doc: dict[str, Any], action: str, message: str | None = None) -> set[str]:
+    """The channels of the operations with ``action`` (and carrying ``message``)."""
+    names = set()
+    for operation in doc["operations"].values():
+        name = operation["channel"]["$ref"].removeprefix("#/channels/")
+        messages = [m["$ref"] for m in doc["channels"][name]["messages"].values()]
+        if operation["action"] == action and (message is None or f"#/components/messages/{message}" in messages):
+            names.add(name)
+    return names
+
+
+_LEVELS = ["s", "d", "e", "replies", "verdicts", "images", "recapture", "status", "gateways", "x1", "", "+", "#"]
+_LEVELS += ["a b", "caf\u00e9", "-x", "y" * 65]
+
+
+def probe_topics() -> list[str]:
+    """Topics in and around the device namespaces: every tail of 1 to 3 levels from an adversarial vocabulary."""
+    tails = [[level] for level in _LEVELS]
+    tails += [[a, b] for a in _LEVELS for b in _LEVELS[:12]]
+    tails += [["replies", b, c] for b in _LEVELS for c in _LEVELS[:10]]
+    heads = ["colposcopy/s/d", "colposcopy/s/e", "colposcopy/gateways/d", "colposcopy/s", "other/s/d"]
+    return [f"{head}/{'/'.join(tail)}" for head in heads for tail in tails]
+
+
+def test_asyncapi_channels_are_the_topics_the_code_builds_and_subscribes() -> None:
+    doc = asyncapi()
+    site, device = "clinic-a", "eva-07"
+    assert instances(doc, "images", site=site, device=device) == [TOPICS.images(site, device)]
+    assert instances(doc, "verdicts", site=site, device=device) == [TOPICS.verdicts(site, device)]
+    assert instances(doc, "recapture", site=site, device=device) == [TOPICS.recapture(site, device)]
+    assert instances(doc, "status", gatewayId="gw-1") == [TOPICS.status("gw-1")]
+    # the gateway subscribes to exactly the channels it receives on, each parameter a single-level wildcard
+    received = operations(doc, "receive")
+    assert received == {"images", "imagesWithId"}
+    subscribed = {re.sub(r"\{\w+\}", "+", doc["channels"][name]["address"]) for name in received}
+    assert subscribed == set(TOPICS.image_subscriptions)
+    # every example of every channel fits its own parameters' patterns
+    for name in doc["channels"]:
+        for topic in instances(doc, name):
+            assert channel_regex(doc, name).fullmatch(topic), (name, topic)
+
+
+def test_response_topics_the_code_accepts_are_exactly_the_asyncapi_reply_channels() -> None:
+    doc = asyncapi()
+    reply_channels = operations(doc, "send", "verdict")  # where verdicts go: the verdicts and replies channels
+    assert reply_channels == {"verdicts", "replies"}
+    assert {op["reply"]["channel"]["$ref"] for op in doc["operations"].values() if "reply" in op} <= {
+        f"#/channels/{name}" for name in reply_channels
+    }
+    patterns = [channel_regex(doc, name) for name in reply_channels]
+    others = [channel_regex(doc, name) for name in doc["channels"] if name not in reply_channels]
+    for topic in probe_topics() + instances(doc, "replies", site="s", device="d"):
+        documented = any(
+            (m := p.fullmatch(topic)) is not None and (m["site"], m["device"]) == ("s", "d") for p in patterns
+        )
+        assert TOPICS.response_topic_allowed(topic, "s", "d") == documented, topic
+        if documented:
+            assert not any(p.fullmatch(topic) for p in others), topic  # never an image, recapture or status topic
+
+
+def test_image_topics_the_code_answers_are_exactly_the_asyncapi_receive_channels() -> None:
+    doc = asyncapi()
+    strict = {name: channel_regex(doc, name) for name in ("images", "imagesWithId")}
+    any_id = channel_regex(doc, "imagesWithId", any_level=("imageId",))
+    for topic in probe_topics():
+        try:
+            parsed = TOPICS.parse_image_topic(topic)
+        except TopicError:
+            parsed = None
+        if strict["images"].fullmatch(topic):
+            assert parsed is not None and parsed.image_id is parsed.invalid_image_id is None, topic
+        elif m := strict["imagesWithId"].fullmatch(topic):
+            assert parsed is not None and parsed.image_id == m["imageId"], topic
+        elif m := any_id.fullmatch(topic):  # the channel with an invalid id: answered bad_image_id
+            assert parsed is not None and parsed.invalid_image_id == m["imageId"], topic
+        else:
+            assert parsed is None, topic

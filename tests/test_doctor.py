@@ -56,7 +56,26 @@ def test_problems_are_found_and_named(tmp_path: Path) -> None:
         in report
     )
     assert f"unreachable: refused: nothing listens at 127.0.0.1:{port} (connection refused)" in report
-    assert "(DEGRADED)" in report and report.rstrip().endswith("PROBLEMS FOUND")
+    assert "(DEGRADED)" in report
+    found = problems_found(report)  # (and the metrics port, when another program on this machine holds it)
+    assert found[0].startswith(
+        f"Model manifest  {manifest}: focus-classifier 0.0.2 (focus_classifier, classifier.onnx): INVALID"
+        " focus-classifier: classifier.onnx has sha256 "
+    )
+    assert found[1:3] == [
+        "Selection: backend: tensorrt -> classical: no models in the manifest  (DEGRADED)",
+        f"Broker  mqtt://127.0.0.1:{port}: unreachable: refused: nothing listens at 127.0.0.1:{port}"
+        " (connection refused)",
+    ]
+
+
+def problems_found(report: str) -> list[str]:
+    """The problems listed under the report's closing PROBLEMS FOUND line."""
+    _, found, tail = report.rpartition("\nPROBLEMS FOUND\n")
+    assert found, report
+    lines = tail.rstrip("\n").split("\n")
+    assert all(line.startswith("  - ") for line in lines), tail
+    return [line[4:] for line in lines]
 
 
 def test_engines_are_listed_and_judged(tmp_path: Path, broker: Broker) -> None:
@@ -125,7 +144,10 @@ def test_invalid_config_is_reported_in_doctor_style(tmp_path: Path) -> None:
     assert f"Config  {config}" in result.stdout
     assert f"INVALID {config}:2: policy.borderline_band" in result.stdout
     assert f"INVALID {config}:3: metrics.port" in result.stdout
-    assert result.stdout.rstrip().endswith("PROBLEMS FOUND")
+    assert [p.split(": ", 2)[:2] for p in problems_found(result.stdout)] == [
+        [f"Config  {config}", f"INVALID {config}:2"],
+        [f"Config  {config}", f"INVALID {config}:3"],
+    ]
 
 
 def test_credentials_are_found_or_named_missing(
@@ -157,6 +179,30 @@ def test_credentials_are_found_or_named_missing(
 
     code, report = classical_doctor(f"broker: {{url: '{broker.url}'}}\n")
     assert "no username: anonymous access" in section(report, "Credentials")
+
+
+def test_a_missing_password_file_is_named_not_an_unreachable_broker(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("COLPO_GATEWAY_MQTT_PASSWORD", raising=False)
+    missing = tmp_path / "etc" / "mqtt-password"
+    code, report = classical_doctor(
+        f"broker: {{url: '{broker.url}', username: gw, password_file: '{missing}'}}\n"
+        f"store: {{path: '{tmp_path / 'v.sqlite3'}'}}\nmetrics: {{port: 0}}\n"
+    )
+    assert code == 1
+    assert f"username 'gw': the password file {missing} does not exist" in section(report, "Credentials")
+    assert "not tried: no password to connect with" in section(report, "Broker")
+    assert "unreachable" not in report
+    assert problems_found(report) == [  # named by the config's file check and by the credentials check
+        f"Config  (none: the defaults): INVALID <config>: broker.password_file: {missing} does not exist",
+        f"Credentials: username 'gw': the password file {missing} does not exist",
+    ]
+    ok, why = broker_check(
+        parse_config(f"broker: {{url: '{broker.url}', username: gw, password_file: '{missing}'}}").broker
+    )
+    assert not ok and why.startswith("not tried: the password cannot be read") and str(missing) in why
 
 
 def test_broker_over_tls(tmp_path: Path) -> None:

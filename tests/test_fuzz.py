@@ -42,6 +42,7 @@ from gateway.protocol import (
     VerdictMessage,
     derive_image_id,
     is_valid_id,
+    quote_id,
 )
 from gateway.service import GatewayService
 from gateway.transport import IncomingPhoto, Outgoing, _incoming
@@ -94,8 +95,11 @@ def _check_parse(topic: str) -> Any:
     assert is_valid_id(parsed.site) and is_valid_id(parsed.device) and parsed.site != RESERVED_SITE
     rebuilt = TOPICS.images(parsed.site, parsed.device)
     if parsed.image_id is not None:
-        assert is_valid_id(parsed.image_id)
+        assert is_valid_id(parsed.image_id) and parsed.invalid_image_id is None
         rebuilt += "/" + parsed.image_id
+    elif parsed.invalid_image_id is not None:  # the 3.1.1 form with an invalid id: answered bad_image_id
+        assert not is_valid_id(parsed.invalid_image_id)
+        rebuilt += "/" + parsed.invalid_image_id
     assert rebuilt == topic
     return parsed
 
@@ -114,12 +118,12 @@ def test_fuzz_image_topic_parsing(topic: str) -> None:
 def test_fuzz_image_topic_parsing_near_the_contract(site: str, device: str, image_id: str | None) -> None:
     topic = f"colposcopy/{site}/{device}/images" + ("" if image_id is None else f"/{image_id}")
     parsed = _check_parse(topic)
-    expected_ok = (
-        site != RESERVED_SITE
-        and all(is_valid_id(v) for v in (site, device))
-        and (image_id is None or is_valid_id(image_id))
-    )
+    expected_ok = site != RESERVED_SITE and all(is_valid_id(v) for v in (site, device)) and "/" not in (image_id or "")
     assert (parsed is not None) == expected_ok, topic
+    if parsed is not None and image_id is not None:  # a valid id is the image id; any other one is answered
+        assert (parsed.image_id, parsed.invalid_image_id) == (
+            (image_id, None) if is_valid_id(image_id) else (None, image_id)
+        )
 
 
 def _in_namespace(site: str, device: str, suffix: str) -> str:
@@ -316,9 +320,11 @@ def test_fuzz_every_photo_gets_exactly_one_reply(
     assert (verdict.site, verdict.device) == (parsed.site, parsed.device)
     assert is_valid_id(verdict.image_id)
     claimed = next((v for k, v in photo.user_properties if k == "image-id"), None)
-    if claimed is not None and not is_valid_id(claimed):
+    sent = claimed if claimed is not None else parsed.invalid_image_id  # the property wins over the topic's id
+    if sent is not None and not is_valid_id(sent):
         assert (verdict.verdict, verdict.reasons) == ("error", ["bad_image_id"])
         assert verdict.image_id == derive_image_id(photo.payload)
+        assert verdict.detail and quote_id(sent) in verdict.detail
     else:
         assert verdict.image_id == (claimed or parsed.image_id or derive_image_id(photo.payload))
         assert "internal" not in verdict.reasons and "bad_image_id" not in verdict.reasons

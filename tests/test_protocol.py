@@ -12,6 +12,9 @@ from gateway.protocol import (
     Topics,
     VerdictMessage,
     derive_image_id,
+    image_id_from_digest,
+    quote_id,
+    resolve_image_id,
 )
 
 topics = Topics("colposcopy")
@@ -24,6 +27,36 @@ def test_parses_both_image_topic_forms() -> None:
     assert (t3.site, t3.device, t3.image_id) == ("clinic-a", "eva-07", "IMG_0042.jpg")
 
 
+@pytest.mark.parametrize("level", ["", "bad id", "-dash", "x" * 65, "caf\u00e9", "a\nb"])
+def test_an_invalid_id_in_the_topic_is_kept_to_be_answered(level: str) -> None:
+    parsed = topics.parse_image_topic(f"colposcopy/clinic-a/eva/images/{level}")
+    assert (parsed.site, parsed.device, parsed.image_id, parsed.invalid_image_id) == ("clinic-a", "eva", None, level)
+
+
+def test_the_image_id_property_wins_over_the_topic_and_invalid_ids_are_quoted() -> None:
+    digest = "ab" * 32
+    derived = image_id_from_digest(digest)
+    with_id = topics.parse_image_topic("colposcopy/s/d/images/in-topic")
+    bad_in_topic = topics.parse_image_topic("colposcopy/s/d/images/bad id")
+    plain = topics.parse_image_topic("colposcopy/s/d/images")
+    assert resolve_image_id(plain, None, digest) == (derived, None)
+    assert resolve_image_id(with_id, None, digest) == ("in-topic", None)
+    assert resolve_image_id(with_id, "from-property", digest) == ("from-property", None)
+    assert resolve_image_id(bad_in_topic, "from-property", digest) == ("from-property", None)
+    image_id, why = resolve_image_id(bad_in_topic, None, digest)
+    assert image_id == derived and why is not None and "image id in the topic 'bad id'" in why
+    image_id, why = resolve_image_id(with_id, "../x", digest)
+    assert image_id == derived and why is not None and "image-id user property '../x'" in why
+
+
+def test_quoted_ids_are_printable_ascii_and_cut() -> None:
+    assert quote_id("IMG-1") == "'IMG-1'"
+    assert quote_id("caf\u00e9\n\u202e") == "'caf\\xe9\\n\\u202e'"
+    long = quote_id("y" * 500)
+    assert long == "'" + "y" * 64 + "' (cut, 500 characters)"
+    assert all(c.isascii() and c.isprintable() for c in quote_id("\x00\x1b[31m\ud800\U0001f600"))
+
+
 @pytest.mark.parametrize(
     "topic",
     [
@@ -32,7 +65,6 @@ def test_parses_both_image_topic_forms() -> None:
         "colposcopy/clinic-a/images",
         "colposcopy/gateways/eva/images",
         "colposcopy//eva/images",
-        "colposcopy/clinic-a/eva/images/",
         "colposcopy/clinic a/eva/images",
         "colposcopy/clinic-a/" + "x" * 65 + "/images",
         "colposcopy/clinic-a/eva/images/a/b",

@@ -119,17 +119,50 @@ def test_garbage_gets_undecodable_and_the_gateway_keeps_serving(
     assert verdicts["good"]["verdict"] == "accept"
 
 
-def test_mqtt311_device_puts_the_image_id_in_the_topic(
-    broker: Broker, gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
-) -> None:
+def publish_mqtt311(broker: Broker, *messages: tuple[str, bytes]) -> None:
+    """Publish as an MQTT 3.1.1 device (no properties), QoS 1, each acknowledged by the broker."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="old-device", protocol=mqtt.MQTTv311)
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
-    client.publish("colposcopy/s/old/images/photo-311", sharp_jpeg, qos=1).wait_for_publish(5)
-    [message] = recorder.wait_for(1, "colposcopy/s/old/verdicts")
-    assert body(message)["image_id"] == "photo-311"
+    for topic, payload in messages:
+        client.publish(topic, payload, qos=1).wait_for_publish(5)
     client.disconnect()
     client.loop_stop()
+
+
+def test_mqtt311_device_puts_the_image_id_in_the_topic(
+    broker: Broker, gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    publish_mqtt311(broker, ("colposcopy/s/old/images/photo-311", sharp_jpeg))
+    [message] = recorder.wait_for(1, "colposcopy/s/old/verdicts")
+    assert body(message)["image_id"] == "photo-311"
+
+
+def test_mqtt311_device_with_an_invalid_id_in_the_topic_is_answered_bad_image_id(
+    broker: Broker, gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    publish_mqtt311(
+        broker,
+        ("colposcopy/s/old/images/photo 311\u00e9", sharp_jpeg),
+        ("colposcopy/s/old/images/-dash", b"not even a photo"),
+    )
+    got = [body(m) for m in recorder.wait_for(2, "colposcopy/s/old/verdicts")]
+    assert [(v["verdict"], v["reasons"]) for v in got] == [("error", ["bad_image_id"])] * 2
+    assert [v["image_id"] for v in got] == [derive_image_id(sharp_jpeg), derive_image_id(b"not even a photo")]
+    assert "the image id in the topic 'photo 311\\xe9' is not an id" in got[0]["detail"]
+    assert "'-dash'" in got[1]["detail"]
+
+
+def test_the_image_id_property_wins_over_the_id_in_the_topic(
+    gateway: GatewayService, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    recorder.publish("colposcopy/s/d/images/topic-id", sharp_jpeg, props("property-id"))
+    recorder.publish("colposcopy/s/d/images/bad topic id", sharp_jpeg, props("property-id-2"))
+    got = [body(m) for m in recorder.wait_for(2, "colposcopy/s/d/verdicts")]
+    assert sorted((v["image_id"], v["verdict"]) for v in got) == [
+        ("property-id", "accept"),
+        ("property-id-2", "accept"),
+    ]
 
 
 def test_photo_without_an_id_gets_a_stable_derived_one(

@@ -1,0 +1,53 @@
+"""``simulate``: one clear line and a failure status without a broker; fresh ids each run, repeats counted apart."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway.service import GatewayService
+from gateway.simulate import generated_photos, run_devices, summarize
+from tests.conftest import Broker, free_port
+from tests.test_service import gateway_config, start_gateway
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_simulate_without_a_broker_exits_1_with_one_clear_line() -> None:
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "simulate", "--broker", url, "--devices", "3", "--size", "320x240"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""  # no "photos sent: 0" summary
+    assert done.stderr.splitlines() == [f"simulate: 3 of 3 devices could not connect to {url}: Connection refused"]
+
+
+def test_each_run_sends_fresh_ids_and_repeats_are_counted_apart(broker: Broker) -> None:
+    # full-size photos: judging one takes far longer than answering a repeat from the store, which is what tells
+    # a repeat apart (its verdict's received-to-decided time exceeds the whole round trip of the resend)
+    photos = generated_photos(1600, 1200)[:3]
+    service: GatewayService = start_gateway(gateway_config(broker))
+    try:
+        runs = [run_devices(broker.url, photos, devices=2, per_device=3, rate_hz=0) for _ in range(2)]
+        again = run_devices(broker.url, photos, devices=2, per_device=3, rate_hz=0, run_id="rerun")
+        repeated = run_devices(broker.url, photos, devices=2, per_device=3, rate_hz=0, run_id="rerun")
+    finally:
+        service.stop()
+    ids = [{r.verdict.image_id for r in results if r.verdict} for results in (*runs, again, repeated)]
+    assert all(len(each) == 6 for each in ids)
+    assert ids[0].isdisjoint(ids[1])  # two runs: fresh ids, so both are judged
+    assert ids[2] == ids[3] and all(re.fullmatch(r"rerun-sim-0[01]-000[0-2]", i) for i in ids[2])
+    for results in (*runs, again):
+        assert [r.repeat for r in results] == [False] * 6
+        assert "repeats (answered from the gateway's verdict store, not judged again): 0" in summarize(results, 1.0)
+    assert [r.repeat for r in repeated] == [True] * 6  # the same ids and bytes: the stored verdicts again
+    summary = summarize(repeated, 1.0)
+    assert "repeats (answered from the gateway's verdict store, not judged again): 6" in summary
+    assert "latency ms of the repeats: p50=" in summary and "\nlatency ms: " not in summary
