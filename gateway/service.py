@@ -40,11 +40,14 @@ from gateway.protocol import (
 )
 from gateway.store import PhotoKey, StoredVerdict, VerdictStore
 from gateway.systemd import Notifier
-from gateway.transport import IncomingPhoto, MqttTransport, Outgoing
+from gateway.transport import IncomingPhoto, MqttTransport, Outgoing, maximum_packet_size
 
 log = structlog.get_logger(__name__)
 
 IMAGE_ID_PROPERTY = "image-id"
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""Mosquitto's count of messages it dropped since it started because a client's queue was full
+(max_queued_bytes / max_queued_messages): after their PUBACK, so the devices were never told."""
 
 
 #: Reasons whose verdicts are not stored: a later delivery of the same photo deserves a fresh try.
@@ -103,6 +106,8 @@ class GatewayService:
         group = config.broker.share_group
         self._image_subscriptions = tuple(self._topics.shared(t, group) for t in self._topics.image_subscriptions)
         self._peers: dict[str, str] = {}
+        self._broker_dropped: int | None = None
+        """The broker's dropped-message count last seen (``BROKER_DROPPED_TOPIC``)."""
         """Other gateways' last availability state, from their retained status messages."""
         self._transport = MqttTransport(
             config.broker,
@@ -111,6 +116,8 @@ class GatewayService:
             on_photo=self._accept,
             on_connected=self._announce,
             receive_maximum=min(2 * capacity, 65535),
+            maximum_packet_size=maximum_packet_size(config.decode.max_payload_bytes),
+            optional_subscriptions=(BROKER_DROPPED_TOPIC,),
         )
         self._notifier = notifier or Notifier()
         self._metrics = Metrics(config.metrics, self.readiness, self._queue.qsize, self._transport.connected.is_set)
@@ -229,10 +236,34 @@ class GatewayService:
             self._peers[gateway_id] = state
         self._transport.ack(photo)
 
+    def _broker_dropped_count(self, payload: bytes) -> None:
+        """Log every increase of the broker's dropped-message count and export the count."""
+        try:
+            total = int(payload)
+        except ValueError:
+            log.warning("broker_dropped_unreadable", payload=payload[:40].decode(errors="replace"))
+            return
+        seen, self._broker_dropped = self._broker_dropped, total
+        self._metrics.broker_dropped(total)
+        # first value seen: everything since the broker started; lower than before: the broker restarted
+        increase = total if seen is None or total < seen else total - seen
+        if increase > 0:
+            log.error(
+                "broker_dropped_messages",
+                dropped=increase,
+                broker_total=total,
+                since="broker start" if seen is None or total < seen else "last count",
+                why="a client's queue at the broker was full (max_queued_bytes/max_queued_messages); photos among"
+                " them are never answered unless their devices send them again",
+            )
+
     def _accept(self, photo: IncomingPhoto) -> None:
         """Runs on the network thread: must not block."""
         if (peer := self._topics.status_gateway(photo.topic)) is not None:
             self._peer_status(peer, photo)
+            return
+        if photo.topic == BROKER_DROPPED_TOPIC:
+            self._broker_dropped_count(photo.payload)
             return
         if self._stopping.is_set():
             return  # not acknowledged: the broker redelivers it to this session's next connection
