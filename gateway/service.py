@@ -45,6 +45,8 @@ from gateway.transport import IncomingPhoto, MqttTransport, Outgoing, maximum_pa
 log = structlog.get_logger(__name__)
 
 IMAGE_ID_PROPERTY = "image-id"
+FINAL_PUBLISH_S = 2.0
+"""On stop, after the grace: how long the offline status may take to reach the broker."""
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 """Mosquitto's count of messages it dropped since it started because a client's queue was full
 (max_queued_bytes / max_queued_messages): after their PUBACK, so the devices were never told."""
@@ -97,6 +99,8 @@ class GatewayService:
         self._unacked = 0
         self._settled = threading.Condition()
         self._stopping = threading.Event()
+        self._halted = threading.Event()
+        """Set when the shutdown grace is over: workers take no more photos (they stay for the broker)."""
         self._since = utc_timestamp()
         self._status_topic = self._topics.status(config.gateway_id)
         # Receive Maximum: as many unacknowledged photos as the workers and the queue hold, plus as many again
@@ -170,27 +174,33 @@ class GatewayService:
         )
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Take no new photos, finish those in flight (within ``processing.shutdown_grace_s``), publish offline and
-        disconnect. Photos not answered by then stay unacknowledged, and the broker redelivers them."""
+        """Take no new photos, finish those queued and in flight within ``processing.shutdown_grace_s`` whatever the
+        queue holds, publish offline (at most ``FINAL_PUBLISH_S`` more) and disconnect. Photos not answered by then
+        stay unacknowledged, and the broker redelivers them; a worker still judging one is left behind."""
         deadline = time.monotonic() + (grace_s if grace_s is not None else self._config.processing.shutdown_grace_s)
         self._stopping.set()
         self._hand_over()
         self._notifier.stopping("stopping: finishing the photos in flight")
-        for _ in self._workers:
-            self._queue.put(None)
+        for _ in self._workers:  # wakes idle workers; a full queue has none, and workers stop when it is empty
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        while True:  # a photo that slipped in behind the workers' last turn: left for the broker to redeliver
+        self._halted.set()
+        while True:  # photos no worker took in time: left for the broker to redeliver
             try:
-                if self._queue.get_nowait() is not None:
-                    with self._settled:
-                        self._unacked -= 1
+                job = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if job is not None:
+                self._abandon()
         with self._settled:
             settled = self._settled.wait_for(lambda: self._unacked == 0, max(0.0, deadline - time.monotonic()))
-        self._transport.stop(last=self._status("offline"))
-        self._store.close()
+        self._transport.stop(last=self._status("offline"), timeout_s=FINAL_PUBLISH_S)
+        if not any(worker.is_alive() for worker in self._workers):
+            self._store.close()  # else a worker may be inside it; the process exits anyway (WAL: nothing is lost)
         self._metrics.close()
         log.info("gateway_stopped", gateway_id=self._config.gateway_id, unanswered=0 if settled else self._unacked)
 
@@ -305,24 +315,36 @@ class GatewayService:
             retry = self._config.processing.busy_retry_after_ms
             self._reply(job, self._judge.error(request, Reason.BUSY, "the gateway is busy", retry_after_ms=retry))
 
+    def _abandon(self) -> None:
+        """A photo taken on but not judged before the grace ended: unacknowledged, so the broker redelivers it."""
+        with self._settled:
+            self._unacked -= 1
+            self._settled.notify_all()
+
     def _work(self) -> None:
-        """Judge photos from the queue; beat the watchdog heartbeat while idle and after each photo."""
+        """Judge photos from the queue; beat the watchdog heartbeat while idle and after each photo. Once stopping,
+        finish what the queue holds and leave; once halted (the grace is over), take nothing more."""
         worker = threading.current_thread().name
         while True:
             self._notifier.beat(worker)
             try:
-                job = self._queue.get(timeout=self._notifier.heartbeat_s)
+                job = self._queue.get(timeout=0.1 if self._stopping.is_set() else self._notifier.heartbeat_s)
             except queue.Empty:
+                if self._stopping.is_set():
+                    break
                 continue
             if job is None:
-                self._notifier.forget(worker)
-                return
+                break
+            if self._halted.is_set():
+                self._abandon()
+                break
             try:
                 self._answer(job)
             except Exception:  # a worker must outlive any one photo
                 log.exception("worker_failed", image_id=job.request.image_id)
                 self._metrics.error("worker_failed")
                 self._reply(job, self._judge.error(job.request, Reason.INTERNAL, "the gateway failed on this photo"))
+        self._notifier.forget(worker)
 
     def _answer(self, job: _Job) -> None:
         """Judge a photo once: a photo already answered gets its stored verdict, one being judged waits for it."""
