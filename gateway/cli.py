@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -14,10 +15,13 @@ import structlog
 
 from gateway import __version__, allocator
 from gateway.config import ConfigError, GatewayConfig, defaults_yaml, load_config
+from gateway.instance import AlreadyRunning, hold_state_folder
 from gateway.logs import configure_logging
 from gateway.systemd import notify
 
 EXIT_CONFIG = 2
+EXIT_ALREADY_RUNNING = 10
+"""Another gateway holds the state folder; the unit's RestartPreventExitStatus= lists it, so systemd does not retry."""
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -34,6 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.service import GatewayService
 
     config = _config(args)
+    try:
+        held = hold_state_folder(config.store.resolved_path().parent)
+    except AlreadyRunning as exc:
+        structlog.get_logger("gateway").error("already_running", state_folder=str(exc.folder), why=str(exc))
+        return EXIT_ALREADY_RUNNING
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -46,6 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     structlog.get_logger("gateway").info("stopping", signal="received")
     service.stop()
     judge.pipeline.slot.close()  # cancels a background engine build
+    if held is not None:
+        os.close(held)
     return 0
 
 

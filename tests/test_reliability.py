@@ -314,3 +314,36 @@ def test_sigterm_with_a_full_queue_and_stuck_workers_exits_within_the_grace(
         if process.poll() is None:
             process.kill()
         device.close()
+
+
+def test_a_second_gateway_on_the_same_state_folder_exits_and_systemd_does_not_retry(
+    tmp_path: Path, broker: Broker, photos: list[bytes]
+) -> None:
+    from gateway.cli import EXIT_ALREADY_RUNNING
+    from tests.test_systemd import unit_settings
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(tmp_path, broker))
+    device = connect_device(broker)
+    first = start_process(config)
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert device.wait(lambda: "online" in states(device), 20), "gateway never came online"
+        second = start_process(config)
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == EXIT_ALREADY_RUNNING, stderr
+        assert f"already runs with the state folder {tmp_path}" in stderr and f"pid {first.pid}" in stderr
+        assert str(EXIT_ALREADY_RUNNING) in unit_settings()["RestartPreventExitStatus"][0].split()
+        for n in range(4):
+            device.publish(f"img-{n:02d}", photos[n])
+        assert device.wait(lambda: len(device.verdicts()) == 4, 30)
+        time.sleep(0.5)
+        assert all(len(v) == 1 for v in device.verdicts().values()), "a photo was answered twice"
+        assert states(device) == ["online"], "the first gateway lost its session"
+    finally:
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.communicate()
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+        device.close()
