@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ import structlog
 from gateway import __version__, allocator
 from gateway.config import ConfigError, GatewayConfig, defaults_yaml, load_config
 from gateway.config_files import check_files, service_user
+from gateway.instance import AlreadyRunning, hold_state_folder
 from gateway.logs import configure_logging
 from gateway.systemd import notify
 
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 2
 """A config error (or a bad command line): the unit's RestartPreventExitStatus=, so systemd does not retry it."""
+
+EXIT_ALREADY_RUNNING = 10
+"""Another gateway holds the state folder; the unit's RestartPreventExitStatus= lists it, so systemd does not retry."""
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -44,6 +49,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(files.errors)
     for warning in files.warnings:
         structlog.get_logger("gateway").warning("config_warning", problem=warning)
+    try:
+        held = hold_state_folder(config.store.resolved_path().parent)
+    except AlreadyRunning as exc:
+        structlog.get_logger("gateway").error("already_running", state_folder=str(exc.folder), why=str(exc))
+        return EXIT_ALREADY_RUNNING
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -56,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     structlog.get_logger("gateway").info("stopping", signal="received")
     service.stop()
     judge.pipeline.slot.close()  # cancels a background engine build
+    if held is not None:
+        os.close(held)
     return 0
 
 

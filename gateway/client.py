@@ -1,8 +1,9 @@
 """Device-side client: ``submit(jpeg) -> VerdictMessage`` over MQTT 5 request/response.
 
 Each request carries an ``image-id`` user property, a Response Topic in the device's own namespace and a
-Correlation Data value that the gateway echoes; a ``busy`` answer is retried after its ``retry_after_ms``,
-a timeout is retried with the same image id.
+Correlation Data value that the gateway echoes. As the contract asks of every device: a ``busy`` answer is sent
+again after its ``retry_after_ms`` (an answer, not a failed attempt), and a photo with no answer within
+``RESEND_AFTER_S`` is sent again, same image id and bytes (the gateway's verdict store answers it once).
 
     with GatewayClient("mqtts://gateway.local:8883", site="clinic-a", device="eva-07", username="clinic-a/eva-07",
                        password=password, ca_file="/etc/ssl/clinic-ca.crt") as client:
@@ -32,6 +33,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.protocol import RecaptureMessage, Topics, VerdictMessage, derive_image_id
+
+RESEND_AFTER_S = 30.0
+"""The contract's resend time: a device sends a photo again when no answer came within this (README, Delivery)."""
 
 
 class SubmitTimeout(TimeoutError):
@@ -93,18 +97,36 @@ class GatewayClient:
         self._client.loop_stop()
 
     def submit(
-        self, photo: bytes, image_id: str | None = None, timeout_s: float = 10.0, retries: int = 2
+        self,
+        photo: bytes,
+        image_id: str | None = None,
+        timeout_s: float = RESEND_AFTER_S,
+        retries: int = 2,
+        deadline_s: float | None = None,
     ) -> VerdictMessage:
-        """Send one photo and wait for its verdict; raises SubmitTimeout when none comes."""
+        """Send one photo and wait for its verdict; raises SubmitTimeout when none comes.
+
+        An attempt that gets no answer within ``timeout_s`` is sent again, at most ``retries`` times. A ``busy``
+        answer (``retry_after_ms``) is waited out and sent again without using up a retry, until ``deadline_s``
+        (default: ``(retries + 1) * timeout_s``) after the call, which bounds the whole call."""
         image_id = image_id or derive_image_id(photo)
-        for _attempt in range(retries + 1):
-            verdict = self._request(photo, image_id, timeout_s)
+        deadline = time.monotonic() + (deadline_s if deadline_s is not None else (retries + 1) * timeout_s)
+        unanswered = busy = 0
+        while (left := deadline - time.monotonic()) > 0:
+            verdict = self._request(photo, image_id, min(timeout_s, left))
             if verdict is None:
+                unanswered += 1
+                if unanswered > retries:
+                    break
                 continue
             if verdict.retry_after_ms is None:
                 return verdict
-            time.sleep(verdict.retry_after_ms / 1000)
-        raise SubmitTimeout(f"no verdict for {image_id} after {retries + 1} attempts")
+            busy += 1
+            wait = verdict.retry_after_ms / 1000
+            if time.monotonic() + wait >= deadline:
+                break
+            time.sleep(wait)
+        raise SubmitTimeout(f"no verdict for {image_id}: {unanswered} attempts unanswered, {busy} answered busy")
 
     def _request(self, photo: bytes, image_id: str, timeout_s: float) -> VerdictMessage | None:
         correlation = uuid.uuid4().bytes

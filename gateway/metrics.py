@@ -15,6 +15,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway.backends.slot import BackendSlot
 from gateway.config import MetricsConfig
@@ -41,6 +43,24 @@ class _Server6(_Server):
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged."""
+
+
+class _BrokerDropped(Collector):
+    """The broker's dropped-message counter as read from $SYS: a counter that only the broker resets (a gateway
+    restart reads the same value again); absent until the broker has reported it."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        if self.total is not None:
+            family = CounterMetricFamily(
+                "colpo_gateway_broker_dropped_messages",
+                "Messages the broker dropped because a client's queue was full (max_queued_bytes or"
+                " max_queued_messages), since the broker started: $SYS/broker/publish/messages/dropped",
+            )
+            family.add_metric([], self.total)
+            yield family
 
 
 class Metrics:
@@ -91,6 +111,8 @@ class Metrics:
             lambda: float(connected())
         )
         Gauge("colpo_gateway_queue_depth", "Photos waiting for a worker", registry=r).set_function(queue_depth)
+        self._broker_dropped = _BrokerDropped()
+        r.register(self._broker_dropped)
         self._metrics_app = make_wsgi_app(r)
         self._server: WSGIServer | None = None
         self.port: int | None = None
@@ -119,6 +141,10 @@ class Metrics:
 
     def connect_failure(self, cause: str) -> None:
         self._connect_failures.labels(cause).inc()
+
+    def broker_dropped(self, total: int) -> None:
+        """The broker's own count of messages dropped for a full client queue (its $SYS counter)."""
+        self._broker_dropped.total = total
 
     def error(self, kind: str) -> None:
         self._errors.labels(kind).inc()

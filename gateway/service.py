@@ -41,9 +41,16 @@ from gateway.protocol import (
 )
 from gateway.store import PhotoKey, StoredVerdict, VerdictStore
 from gateway.systemd import Notifier
-from gateway.transport import IncomingPhoto, MqttTransport, Outgoing
+from gateway.transport import IncomingPhoto, MqttTransport, Outgoing, maximum_packet_size
 
 log = structlog.get_logger(__name__)
+
+FINAL_PUBLISH_S = 2.0
+"""On stop, after the grace: how long the offline status may take to reach the broker."""
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""Mosquitto's count of messages it dropped since it started because a client's queue was full
+(max_queued_bytes / max_queued_messages): after their PUBACK, so the devices were never told."""
+
 
 #: Reasons whose verdicts are not stored: a later delivery of the same photo deserves a fresh try.
 _TRANSIENT = frozenset({Reason.BUSY, Reason.INTERNAL})
@@ -134,6 +141,8 @@ class GatewayService:
         self._unacked = 0
         self._settled = threading.Condition()
         self._stopping = threading.Event()
+        self._halted = threading.Event()
+        """Set when the shutdown grace is over: workers take no more photos (they stay for the broker)."""
         self._since = utc_timestamp()
         self._status_topic = self._topics.status(config.gateway_id)
         # Receive Maximum: as many unacknowledged photos as the workers and the queue hold, plus as many again
@@ -143,6 +152,8 @@ class GatewayService:
         group = config.broker.share_group
         self._image_subscriptions = tuple(self._topics.shared(t, group) for t in self._topics.image_subscriptions)
         self._peers: dict[str, str] = {}
+        self._broker_dropped: int | None = None
+        """The broker's dropped-message count last seen (``BROKER_DROPPED_TOPIC``)."""
         """Other gateways' last availability state, from their retained status messages."""
         self._transport = MqttTransport(
             config.broker,
@@ -152,6 +163,8 @@ class GatewayService:
             on_connected=self._announce,
             receive_maximum=min(2 * capacity, 65535),
             on_connect_failure=lambda failure: self._metrics.connect_failure(failure.cause),
+            maximum_packet_size=maximum_packet_size(config.decode.max_payload_bytes),
+            optional_subscriptions=(BROKER_DROPPED_TOPIC,),
         )
         self._notifier = notifier or Notifier()
         self._metrics = Metrics(config.metrics, self.readiness, self._queue.qsize, self._transport.connected.is_set)
@@ -211,27 +224,30 @@ class GatewayService:
         )
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Take no new photos, finish those in flight (within ``processing.shutdown_grace_s``), publish offline and
-        disconnect. Photos not answered by then stay unacknowledged, and the broker redelivers them."""
+        """Take no new photos, finish those queued and in flight within ``processing.shutdown_grace_s`` whatever the
+        queue holds, publish offline (at most ``FINAL_PUBLISH_S`` more) and disconnect. Photos not answered by then
+        stay unacknowledged, and the broker redelivers them; a worker still judging one is left behind."""
         deadline = time.monotonic() + (grace_s if grace_s is not None else self._config.processing.shutdown_grace_s)
         self._stopping.set()
         self._hand_over()
         self._notifier.stopping("stopping: finishing the photos in flight")
-        for _ in self._workers:
+        for _ in self._workers:  # a stop marker each, taken once the waiting photos are: never blocks
             self._queue.put(None)
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        while True:  # a photo that slipped in behind the workers' last turn: left for the broker to redeliver
+        self._halted.set()
+        while True:  # photos no worker took in time: left for the broker to redeliver
             try:
-                if self._queue.get_nowait() is not None:
-                    with self._settled:
-                        self._unacked -= 1
+                job = self._queue.get_nowait()
             except queue.Empty:
                 break
+            if job is not None:
+                self._abandon()
         with self._settled:
             settled = self._settled.wait_for(lambda: self._unacked == 0, max(0.0, deadline - time.monotonic()))
-        self._transport.stop(last=self._status("offline"))
-        self._store.close()
+        self._transport.stop(last=self._status("offline"), timeout_s=FINAL_PUBLISH_S)
+        if not any(worker.is_alive() for worker in self._workers):
+            self._store.close()  # else a worker may be inside it; the process exits anyway (WAL: nothing is lost)
         self._metrics.close()
         self._judge.pipeline.slot.close()  # cancels an engine build, closes the runtimes
         log.info("gateway_stopped", gateway_id=self._config.gateway_id, unanswered=0 if settled else self._unacked)
@@ -281,10 +297,34 @@ class GatewayService:
             self._peers[gateway_id] = state
         self._transport.ack(photo)
 
+    def _broker_dropped_count(self, payload: bytes) -> None:
+        """Log every increase of the broker's dropped-message count and export the count."""
+        try:
+            total = int(payload)
+        except ValueError:
+            log.warning("broker_dropped_unreadable", payload=payload[:40].decode(errors="replace"))
+            return
+        seen, self._broker_dropped = self._broker_dropped, total
+        self._metrics.broker_dropped(total)
+        # first value seen: everything since the broker started; lower than before: the broker restarted
+        increase = total if seen is None or total < seen else total - seen
+        if increase > 0:
+            log.error(
+                "broker_dropped_messages",
+                dropped=increase,
+                broker_total=total,
+                since="broker start" if seen is None or total < seen else "last count",
+                why="a client's queue at the broker was full (max_queued_bytes/max_queued_messages); photos among"
+                " them are never answered unless their devices send them again",
+            )
+
     def _accept(self, photo: IncomingPhoto) -> None:
         """Runs on the network thread: must not block."""
         if (peer := self._topics.status_gateway(photo.topic)) is not None:
             self._peer_status(peer, photo)
+            return
+        if photo.topic == BROKER_DROPPED_TOPIC:
+            self._broker_dropped_count(photo.payload)
             return
         if self._stopping.is_set():
             return  # not acknowledged: the broker redelivers it to this session's next connection
@@ -322,25 +362,37 @@ class GatewayService:
             busy = self._judge.error(refused.request, Reason.BUSY, "the gateway is busy", retry_after_ms=retry)
             self._reply(refused, busy)
 
+    def _abandon(self) -> None:
+        """A photo taken on but not judged before the grace ended: unacknowledged, so the broker redelivers it."""
+        with self._settled:
+            self._unacked -= 1
+            self._settled.notify_all()
+
     def _work(self) -> None:
-        """Judge photos from the queue; beat the watchdog heartbeat while idle and after each photo."""
+        """Judge photos from the queue; beat the watchdog heartbeat while idle and after each photo. Once stopping,
+        finish what the queue holds and leave; once halted (the grace is over), take nothing more."""
         worker = threading.current_thread().name
         while True:
             self._notifier.beat(worker)
             try:
-                job = self._queue.get(timeout=self._notifier.heartbeat_s)
+                job = self._queue.get(timeout=0.1 if self._stopping.is_set() else self._notifier.heartbeat_s)
             except queue.Empty:
+                if self._stopping.is_set():
+                    break
                 self._watch_store(idle=True)
                 continue
             if job is None:
-                self._notifier.forget(worker)
-                return
+                break
+            if self._halted.is_set():
+                self._abandon()
+                break
             try:
                 self._answer(job)
             except Exception:  # a worker must outlive any one photo (_answer has answered it)
                 log.exception("worker_failed", image_id=job.request.image_id)
                 self._metrics.error("worker_failed")
             self._watch_store(idle=False)
+        self._notifier.forget(worker)
 
     def _answer(self, job: _Job) -> None:
         """Judge a photo once: a photo already answered gets its stored verdict, one being judged waits for it.

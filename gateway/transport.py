@@ -88,6 +88,16 @@ def _incoming(msg: mqtt.MQTTMessage) -> IncomingPhoto:
     )
 
 
+def maximum_packet_size(max_payload_bytes: int) -> int:
+    """The MQTT 5 Maximum Packet Size the gateway declares in CONNECT: the largest photo it judges plus room for the
+    header, topic and properties (half the payload limit, at least 1 MiB). A photo a little over the limit still
+    arrives and is answered ``too_large``; the broker never sends a larger one, so a broker without
+    ``max_packet_size`` cannot make the gateway hold an arbitrarily large payload. With the default 16 MiB limit:
+    24 MiB, which clinic.conf's ``max_packet_size`` matches (a broker that accepts larger photos discards them for
+    the gateway unanswered)."""
+    return min(max_payload_bytes + max(max_payload_bytes // 2, 1 << 20), 268_435_455)
+
+
 def apply_credentials(client: mqtt.Client, broker: BrokerConfig) -> None:
     """Username/password and TLS (CA verification on, client certificate optional) from the broker config."""
     if broker.username is not None:
@@ -111,10 +121,17 @@ class MqttTransport:
         on_photo: Callable[[IncomingPhoto], None],
         on_connected: Callable[[], None],
         receive_maximum: int,
+        maximum_packet_size: int,
         on_connect_failure: Callable[[ConnectFailure], None] | None = None,
+        optional_subscriptions: tuple[str, ...] = (),
     ) -> None:
+        """``maximum_packet_size`` goes into CONNECT: the broker never sends this gateway a larger packet (MQTT 5
+        discards it for this client). ``optional_subscriptions`` may be refused (an ACL without them) and are then
+        logged, not a reason to stay unready."""
         self._broker = broker
         self._subscriptions = subscriptions
+        self._optional = optional_subscriptions
+        self._maximum_packet_size = maximum_packet_size
         self._on_photo = on_photo
         self._on_connected = on_connected
         self._receive_maximum = receive_maximum
@@ -150,6 +167,7 @@ class MqttTransport:
         """Connect in the background; failures are retried with backoff, never raised."""
         props = Properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = self._receive_maximum
+        props.MaximumPacketSize = self._maximum_packet_size
         props.SessionExpiryInterval = self._broker.session_expiry_s
         self._client.connect_async(
             self._broker.host,
@@ -212,15 +230,19 @@ class MqttTransport:
             self._failures.failed(from_connack(reason, self._broker))
             return
         self._failures.connected()
-        client.subscribe([(topic, 1) for topic in self._subscriptions])
+        client.subscribe([(topic, 1) for topic in (*self._subscriptions, *self._optional)])
         log.info("broker_connected", broker=self._broker.url)
         self._on_connected()
 
     def _handle_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, codes: Any, _props: Any) -> None:
-        refused = [str(code) for code in codes if code.is_failure]
+        required = len(self._subscriptions)
+        refused = [str(code) for code in codes[:required] if code.is_failure]
         if refused:
             log.error("subscription_refused", subscriptions=list(self._subscriptions), reasons=refused)
             return
+        for topic, code in zip(self._optional, codes[required:], strict=False):
+            if code.is_failure:
+                log.warning("optional_subscription_refused", subscription=topic, reason=str(code))
         self.connected.set()
         log.info("subscribed", subscriptions=list(self._subscriptions))
 

@@ -447,6 +447,25 @@ def test_devices_read_gateway_status_but_cannot_write_it(secure: SecureBroker, c
     gw.client.publish("colposcopy/gateways/gw-status-test/status", b"", qos=1, retain=True).wait_for_publish(5)
 
 
+def test_only_the_gateway_reads_the_brokers_dropped_counter_and_no_other_sys_topic(
+    secure: SecureBroker, connect: Any
+) -> None:
+    dropped = "$SYS/broker/publish/messages/dropped"
+    gw = connect(secure.plain_port, username=GATEWAY, password=PASSWORDS[GATEWAY])
+    assert gw.subscribe(dropped) == [1]
+    assert [m.payload.isdigit() for m in gw.wait_for(1, dropped)] == [True]  # retained: the count so far
+    gw.subscribe("$SYS/#")  # refused, or granted and filtered per message: either way nothing else arrives
+    gw.subscribe("$SYS/broker/clients/connected")
+    time.sleep(1.5)
+    assert set(gw.topics()) == {dropped}
+    a = device(connect, secure, A)
+    a.subscribe(dropped)  # granted (Mosquitto checks reads per message), but the retained count never arrives
+    a.subscribe("$SYS/#")
+    assert a.publish(dropped, b"0") == NOT_AUTHORIZED
+    time.sleep(1.5)
+    assert a.topics() == []
+
+
 def test_mutual_tls_identity_is_the_certificate_cn(secure: SecureBroker, connect: Any) -> None:
     gw = gateway_account(connect, secure)
     # A presents its certificate and claims B's username and client id: the CN decides, not the claim

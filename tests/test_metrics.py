@@ -9,9 +9,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from gateway.config import GatewayConfig, MetricsConfig, parse_config
 from gateway.judge import build_judge
@@ -171,3 +173,47 @@ def test_each_service_has_its_own_registry_and_a_taken_port_is_not_fatal() -> No
     disabled = Metrics(MetricsConfig(enabled=False), lambda: None, lambda: 0, lambda: True)
     disabled.serve()
     assert disabled.port is None
+
+
+def test_broker_drops_are_logged_at_each_increase_and_exported(tmp_path: Path) -> None:
+    """A client's queue at the broker overflows (an absent device with a persistent session): the broker's $SYS
+    dropped counter rises, and the gateway logs each increase and exports the count."""
+    broker = start_mosquitto(tmp_path / "broker", "sys_interval 1\nmax_queued_messages 2\n")
+    config = config_for(broker.port, tmp_path)
+    service = GatewayService(config, build_judge(config))
+    absent = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="absent", protocol=mqtt.MQTTv5)
+    connect = Properties(PacketTypes.CONNECT)
+    connect.SessionExpiryInterval = 600
+    absent.connect("127.0.0.1", broker.port, clean_start=True, properties=connect)
+    absent.loop_start()
+    absent.subscribe("colposcopy/x/y/verdicts", qos=1)
+    time.sleep(0.5)
+    absent.disconnect()
+    absent.loop_stop()
+    publisher = make_recorder(broker, ["colposcopy/none"], client_id="publisher")
+    try:
+        with capture_logs() as logs:
+            service.start()
+            assert service.connected.wait(10) and service.metrics_port
+            for round_, expected in ((5, 3), (4, 7)):  # 2 queued, then every one dropped
+                for n in range(round_):
+                    publisher.publish("colposcopy/x/y/verdicts", f"v{n}".encode())
+
+                def exported(total: int) -> bool:
+                    assert service.metrics_port
+                    return samples(service.metrics_port).get(
+                        ("colpo_gateway_broker_dropped_messages_total", frozenset())
+                    ) == total
+
+                deadline = time.monotonic() + 20
+                while not exported(expected) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert exported(expected)
+        drops = [e for e in logs if e["event"] == "broker_dropped_messages"]
+        assert [(e["dropped"], e["broker_total"]) for e in drops] == [(3, 3), (4, 7)]
+        assert all(e["log_level"] == "error" for e in drops)
+    finally:
+        publisher.client.disconnect()
+        publisher.client.loop_stop()
+        service.stop()
+        broker.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -272,3 +273,77 @@ def test_a_photo_over_the_payload_limit_gets_too_large_not_silence(tmp_path: Pat
         service.stop()
         device.close()
         broker.stop()
+
+
+def test_sigterm_with_a_full_queue_and_stuck_workers_exits_within_the_grace(
+    tmp_path: Path, broker: Broker, photos: list[bytes]
+) -> None:
+    """The worker is stuck in a write to a verdict store another process has locked (SQLite waits 5 s per
+    statement), the queue is full. SIGTERM with shutdown_grace_s 1: the gateway exits within the grace and the
+    offline publish, not once the worker frees a slot; what it had not answered stays with the broker."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(tmp_path, broker, queue_size=4, busy_retry_after_ms=60000, shutdown_grace_s=1))
+    device = connect_device(broker)
+    process = start_process(config)
+    lock = None
+    try:
+        assert device.wait(lambda: "online" in states(device), 20), "gateway never came online"
+        lock = sqlite3.connect(tmp_path / "verdicts.sqlite3", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # the gateway's writes now wait 5 s each, then fail
+        for n in range(6):  # 1 for the worker, 4 queued, 1 answered busy
+            device.publish(f"img-{n:02d}", photos[n])
+        assert device.wait(lambda: any(b'"busy"' in v[0] for v in device.verdicts().values()), 30)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=40)
+        took = time.monotonic() - started
+        assert process.returncode == 0
+        assert took < 1 + 2.5, f"SIGTERM took {took:.1f} s with shutdown_grace_s 1"
+        assert device.wait(lambda: states(device)[-1:] == ["offline"], 10)
+        lock.execute("ROLLBACK")
+        restarted = start_process(config)  # the photos left unanswered come again and are judged
+        try:
+            assert device.wait(lambda: len(device.verdicts()) == 6, 60), sorted(device.verdicts())
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            restarted.communicate(timeout=30)
+        print(f"\nSIGTERM with a full queue and a stuck worker: exited after {took:.1f} s (grace 1 s)")
+    finally:
+        if lock is not None:
+            lock.close()
+        if process.poll() is None:
+            process.kill()
+        device.close()
+
+
+def test_a_second_gateway_on_the_same_state_folder_exits_and_systemd_does_not_retry(
+    tmp_path: Path, broker: Broker, photos: list[bytes]
+) -> None:
+    from gateway.cli import EXIT_ALREADY_RUNNING
+    from tests.test_systemd import unit_settings
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(config_yaml(tmp_path, broker))
+    device = connect_device(broker)
+    first = start_process(config)
+    second: subprocess.Popen[str] | None = None
+    try:
+        assert device.wait(lambda: "online" in states(device), 20), "gateway never came online"
+        second = start_process(config)
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == EXIT_ALREADY_RUNNING, stderr
+        assert f"already runs with the state folder {tmp_path}" in stderr and f"pid {first.pid}" in stderr
+        assert str(EXIT_ALREADY_RUNNING) in unit_settings()["RestartPreventExitStatus"][0].split()
+        for n in range(4):
+            device.publish(f"img-{n:02d}", photos[n])
+        assert device.wait(lambda: len(device.verdicts()) == 4, 30)
+        time.sleep(0.5)
+        assert all(len(v) == 1 for v in device.verdicts().values()), "a photo was answered twice"
+        assert states(device) == ["online"], "the first gateway lost its session"
+    finally:
+        if second is not None and second.poll() is None:
+            second.kill()
+            second.communicate()
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+        device.close()

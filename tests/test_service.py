@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from gateway.judge import build_judge
 from gateway.protocol import derive_image_id
 from gateway.scenes import SceneSpec, encode_jpeg, render
 from gateway.service import GatewayService
+from gateway.transport import maximum_packet_size
 from tests.conftest import Broker, Recorder
 
 SIZE = {"width": 1600, "height": 1200}
@@ -268,3 +271,58 @@ def test_onnxruntime_backend_end_to_end_and_degraded_status_is_republished(
         assert degraded["detail"] == "building TensorRT engines failed (test); staying on onnxruntime"
     finally:
         service.stop()
+
+
+def test_busy_answers_are_waited_out_by_the_client_not_counted_as_failed_attempts(
+    broker: Broker, sharp_jpeg: bytes
+) -> None:
+    """Ten devices at once against one worker and a queue of one: most first answers are busy; with no retries
+    for unanswered attempts, every device still gets its photo judged within the deadline."""
+    from gateway.client import GatewayClient
+
+    service = start_gateway(
+        gateway_config(broker, processing={"workers": 1, "queue_size": 1, "busy_retry_after_ms": 300})
+    )
+    got: dict[int, Any] = {}
+
+    def device(n: int) -> None:
+        with GatewayClient(broker.url, site="s", device=f"d{n}") as client:
+            got[n] = client.submit(sharp_jpeg, image_id=f"b{n}", timeout_s=60, retries=0, deadline_s=120)
+
+    threads = [threading.Thread(target=device, args=(n,)) for n in range(10)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        busy = service._metrics.registry.get_sample_value(
+            "colpo_gateway_verdict_reasons_total", {"outcome": "error", "reason": "busy"}
+        )
+    finally:
+        service.stop()
+    assert busy and busy >= 1, "the gateway never answered busy: nothing was tested"
+    assert sorted(got) == list(range(10))
+    assert all((v.image_id, v.verdict) == (f"b{n}", "accept") for n, v in got.items())
+
+
+def test_the_gateway_declares_a_maximum_packet_size_from_its_payload_limit(
+    broker: Broker, recorder: Recorder, sharp_jpeg: bytes
+) -> None:
+    """The test broker sets no max_packet_size. A photo over the payload limit but within the declared header room
+    is answered too_large; a far larger one is never delivered to the gateway (so never held in its memory)."""
+    limit = 2 << 20
+    declared = maximum_packet_size(limit)
+    assert declared == 3 << 20
+    service = start_gateway(gateway_config(broker, decode={"max_payload_bytes": limit}))
+    try:
+        recorder.publish("colposcopy/s/d/images", b"\xff\xd8" + bytes(limit + 1000), props("over"))
+        recorder.publish("colposcopy/s/d/images", b"\xff\xd8" + bytes(declared + 1000), props("huge"))
+        recorder.publish("colposcopy/s/d/images", sharp_jpeg, props("fine"))
+        got = recorder.wait_for(2, "colposcopy/s/d/verdicts", timeout=30)
+        time.sleep(1.0)  # a verdict for "huge" would have come before the one for "fine"
+        got = recorder.wait_for(3, "colposcopy/s/d/verdicts", timeout=0.1)
+        received = service._metrics.registry.get_sample_value("colpo_gateway_photos_received_total")
+    finally:
+        service.stop()
+    assert [(body(m)["image_id"], body(m)["reasons"]) for m in got] == [("over", ["too_large"]), ("fine", [])]
+    assert received == 2
