@@ -158,7 +158,7 @@ def build_judge(config: GatewayConfig) -> Judge:
     """The judge the config describes: its backend, exposure checks, policy and decode limits."""
     limits = DecodeLimits(max_bytes=config.decode.max_payload_bytes, max_pixels=config.decode.max_pixels)
     return Judge(
-        Pipeline(load_backend(config), config.exposure),
+        Pipeline(load_backend(config), config.exposure, config.policy.sharp_threshold),
         Policy(config.policy),
         limits,
         config.decode.analysis_long_side,
