@@ -941,6 +941,15 @@ def render(spec: SceneSpec) -> Scene:
     return Scene(image=image, cervix_box=box, spec=spec)
 
 
+def speculum_mask(spec: SceneSpec) -> F32:
+    """``[H, W]`` float32 in 0..1: where the speculum blades of ``render(spec)`` cover the view (metal = 1)."""
+    s = min(spec.width, spec.height) / 1200.0
+    lay = _layout(spec, s)
+    grid = _Grid.of(spec.width, spec.height)
+    sd = _Rows(_blade_sd(lay, grid.x, grid.y, spec.width, spec.height), grid.q, spec.width).rows(0, spec.height)
+    return _affine(np.multiply(sd, np.float32(1.0 / (0.9 * s))), 1.0, 0.5, 0.0, 1.0)
+
+
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     """Encode an 8-bit BGR (or grey) image as JPEG bytes."""
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
