@@ -1,7 +1,24 @@
 """Classical (model-free) measures of focus on the cervix, in numpy and OpenCV: no torch, run at inference.
 
 * ``glare_and_marks``: pixels whose crisp edges say nothing of the focus (saturated glints, drawn marks);
-* ``blur_type``: ``motion`` or ``defocus``, from the directional energy that motion leaves.
+* ``blur_type``: ``motion`` or ``defocus``, from the directional energy that motion leaves;
+* ``features``: a named, versioned set of focus features of the cervix (``FEATURE_SETS``), the second input of
+  a fused focus model (see ``gateway.models.manifest``).
+
+Feature set ``focus-v1`` (``FOCUS_V1``, 14 values). The cervix box is resampled to ``FEATURE_WIDTH`` px wide,
+never enlarged (a smaller cervix is measured at its own resolution, and the scale is a feature): a blur of
+1.5 % of the cervix width is then 9.6 px, and 0.3 % (a Gaussian's sigma) about 2 px. On the green channel,
+inside an ellipse inscribed in 90 % of the box, glare and marks (``glare_and_marks``) and a rim around them left
+out, as are near-black pixels:
+
+* the energy of the five finest Laplacian-pyramid bands (about 0.5-1, 1-2, 2-4, 4-8, 8-16 px; log of the mean
+  square): the multi-scale Laplacian / difference-of-Gaussians energy;
+* the fine-to-coarse ratio, locally and robustly: the median over 8 px blocks with structure of the energy of
+  each of the three finest bands over that of the 4-8 px band (log); crisp leftovers (instrument edges,
+  blood) barely move a median;
+* the directional ratio of the blur type (motion leaves anisotropic energy);
+* context: the glare and mark fractions of the box, the log of the mean and of the standard deviation of the
+  green channel, and the log of the scale (view width / ``FEATURE_WIDTH``, 0 when the cervix is large enough).
 
 Blur type. Motion blur removes fine detail along its direction only; defocus removes it in every direction. On
 the cervix (an ellipse inscribed in its box, 80 % of it, so a sharp speculum around a defocused cervix does not
@@ -118,16 +135,15 @@ def _structure_tensor(grey: F32, sigma: float, weight: F32) -> npt.NDArray[np.fl
     return np.array([[xx, xy], [xy, yy]])
 
 
-def directional_ratio(view: np.ndarray, inner: float = TYPE_INNER) -> float:
+def directional_ratio(view: np.ndarray, inner: float = TYPE_INNER, excluded: Mask | None = None) -> float:
     """Smallest / largest fine-to-coarse energy ratio over directions, inside an ellipse of ``inner`` of the
-    view's size, glare and marks left out (1.0 when there is too little to measure)."""
+    view's size, glare and marks (``excluded``, found here when None) left out (1.0 with too little to measure)."""
     h, w = view.shape[:2]
     if min(h, w) < _MIN_SIDE:
         return 1.0
-    excluded = cv2.dilate(glare_and_marks(view).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    yy, xx = np.ogrid[0:h, 0:w]
-    ellipse = ((xx + 0.5 - w / 2) / (inner * w / 2)) ** 2 + ((yy + 0.5 - h / 2) / (inner * h / 2)) ** 2 <= 1.0
-    valid = ellipse & ~excluded
+    if excluded is None:
+        excluded = cv2.dilate(glare_and_marks(view).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    valid = _ellipse(h, w, inner) & ~excluded
     if np.count_nonzero(valid) < 100:
         return 1.0
     grey, weight = view[..., 1].astype(np.float32), valid.astype(np.float32)
@@ -140,6 +156,108 @@ def directional_ratio(view: np.ndarray, inner: float = TYPE_INNER) -> float:
     inverse = np.linalg.inv(lower)
     low, high = np.linalg.eigvalsh(inverse @ fine @ inverse.T)
     return float(low / high) if high > 0 else 1.0
+
+
+FEATURE_WIDTH = 640
+"""Classical focus features are measured with the cervix box at most this wide (px)."""
+FEATURE_INNER = 0.9
+FEATURE_LEVELS = 5
+"""Laplacian-pyramid levels: bands of about 0.5-1, 1-2, 2-4, 4-8 and 8-16 px of the view."""
+_STRUCTURE_FLOOR = 2.0
+"""Blocks count in the per-block ratios when the RMS of their 4-8 px band exceeds this (8-bit levels)."""
+FOCUS_V1 = (
+    "band_0.5_1",
+    "band_1_2",
+    "band_2_4",
+    "band_4_8",
+    "band_8_16",
+    "ratio_0.5_1",
+    "ratio_1_2",
+    "ratio_2_4",
+    "directional_ratio",
+    "glare_fraction",
+    "mark_fraction",
+    "log_mean",
+    "log_std",
+    "log_scale",
+)
+"""The names of the ``focus-v1`` features, in order."""
+
+
+def _ellipse(h: int, w: int, inner: float) -> Mask:
+    yy, xx = np.ogrid[0:h, 0:w]
+    inside: Mask = ((xx + 0.5 - w / 2) / (inner * w / 2)) ** 2 + ((yy + 0.5 - h / 2) / (inner * h / 2)) ** 2 <= 1.0
+    return inside
+
+
+def _pyramid(grey: np.ndarray, weight: np.ndarray, levels: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Laplacian-pyramid bands, finest first, each with the share of valid pixels under it (0..1)."""
+    out = []
+    for _ in range(levels):
+        h, w = grey.shape
+        small = cv2.pyrDown(grey)
+        band = grey - cv2.pyrUp(small, dstsize=(w, h))
+        out.append((band, weight))
+        grey = small
+        weight = cv2.resize(weight, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _block_energy(band: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The mean square of ``band`` over the blocks of a ``size`` (w, h) grid: local energy."""
+    energy: np.ndarray = cv2.resize(cv2.multiply(band, band), size, interpolation=cv2.INTER_AREA)
+    return energy
+
+
+def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
+    """The ``focus-v1`` features (``FOCUS_V1``) of the cervix ``box`` (normalised; None: the central region)."""
+    w = image.shape[1]
+    native = (box[2] - box[0]) * w if box is not None else 0.6 * w
+    width = int(max(64, min(FEATURE_WIDTH, round(native))))
+    view = box_view(image, box, width)
+    vh, vw = view.shape[:2]
+    spots = glare_and_marks(view)
+    glare = channel_min(view) >= GLARE_LEVEL
+    excluded = cv2.dilate(spots.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    ellipse = _ellipse(vh, vw, FEATURE_INNER)
+    valid = ellipse & ~excluded & (channel_max(view) >= 30)
+    out = np.zeros(len(FOCUS_V1), np.float32)
+    inside = max(1, int(np.count_nonzero(ellipse)))
+    out[9] = np.count_nonzero(glare & ellipse) / inside
+    out[10] = np.count_nonzero(spots & ~glare & ellipse) / inside
+    out[13] = math.log(width / FEATURE_WIDTH)
+    if np.count_nonzero(valid) < 100:
+        out[:9] = (-10.0,) * 8 + (1.0,)
+        return out
+    grey = view[..., 1].astype(np.float32)
+    bands = _pyramid(grey, valid.astype(np.float32), FEATURE_LEVELS)
+    for k, (band, weight) in enumerate(bands):
+        kept = weight > 0.99
+        out[k] = math.log(float(np.mean(np.square(band[kept]))) + 1e-6) if np.count_nonzero(kept) else -10.0
+    # per-block ratios on the grid of the 4-8 px band (blocks of 8 px): robust to what is crisp in few blocks
+    coarse, coarse_weight = bands[3]
+    size = (coarse.shape[1], coarse.shape[0])
+    structure = _block_energy(coarse, size)
+    counted = (coarse_weight > 0.99) & (structure > _STRUCTURE_FLOOR**2)
+    for k in range(3):
+        fine = _block_energy(bands[k][0], size)
+        out[5 + k] = (
+            math.log(float(np.median(fine[counted] / structure[counted])) + 1e-6) if counted.sum() >= 20 else -10.0
+        )
+    out[8] = directional_ratio(view, FEATURE_INNER, excluded)
+    values = grey[valid]
+    out[11] = math.log(float(values.mean()) + 1.0)
+    out[12] = math.log(float(values.std()) + 1e-3)
+    return out
+
+
+FEATURE_SETS = {"focus-v1": (FOCUS_V1, focus_v1)}
+"""Classical feature sets by name: (feature names, function of a BGR photo and its normalised cervix box)."""
+
+
+def features(name: str, image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
+    """The feature set ``name`` of the cervix ``box`` of a BGR photo, ``[len(names)]`` float32."""
+    return FEATURE_SETS[name][1](image, box)
 
 
 def blur_type(image: np.ndarray, box: Box | None) -> BlurType:
