@@ -156,7 +156,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"training needs the train extra ({exc}): pip install 'colposcopy-gateway[train]'", file=sys.stderr)
         return 1
-    return run(TrainOptions(data=args.data, out=args.out, seed=args.seed, keep_detector=args.keep_detector))
+    options = TrainOptions(
+        data=args.data, out=args.out, seed=args.seed, keep_detector=args.keep_detector, focus_cache=args.focus_cache
+    )
+    return run(options)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -267,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="MANIFEST",
         help="reuse this manifest's cervix detector (ONNX file and entry) and train the focus classifier only",
+    )
+    train.add_argument(
+        "--focus-cache",
+        type=Path,
+        metavar="NPZ",
+        help="keep the focus samples' features here and reuse them when seed and sample options match",
     )
     train.set_defaults(func=cmd_train)
 

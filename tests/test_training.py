@@ -345,3 +345,19 @@ def test_the_operating_point_rule() -> None:
     assert point.recapture == pytest.approx(np.quantile(sharp, 0.05))
     assert point.threshold == pytest.approx(np.quantile(blurred, 0.995))
     assert point.facts["cv_sharp_accepted"] >= 0.95 and point.facts["cv_blurred_recaptured"] < 0.98
+
+
+def test_the_focus_cache_is_read_only_for_the_same_samples(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from gateway.engines.progress import BuildProgress
+    from gateway.training.train import TrainOptions, cached_focus_features
+
+    options = TrainOptions(tmp_path, tmp_path, seed=3, focus_cache=tmp_path / "focus.npz")
+    x, y, groups = np.ones((4, 5), np.float32), np.array([1, 0, 1, 0], np.float32), np.array(list("aabb"))
+    np.savez(tmp_path / "focus.npz", x=x, y=y, groups=groups, key=np.array(options.focus_key()))
+    data = cached_focus_features(options, [], None, BuildProgress("t"))  # type: ignore[arg-type]
+    assert np.array_equal(data.x, x) and np.array_equal(data.y, y) and list(data.groups) == list("aabb")
+    other = TrainOptions(tmp_path, tmp_path, seed=4, focus_cache=tmp_path / "focus.npz")
+    assert other.focus_key() != options.focus_key()
+    with pytest.raises(AttributeError):  # another seed's samples: recomputed, which needs a real extractor
+        cached_focus_features(other, [], None, BuildProgress("t"))  # type: ignore[arg-type]

@@ -100,6 +100,13 @@ class TrainOptions:
     """The classical feature set fused into the focus model (None: the 1.0.0 design, no second input)."""
     keep_detector: Path | None = None
     """A manifest whose cervix detector (entry and ONNX file) is reused instead of training one."""
+    focus_cache: Path | None = None
+    """An ``.npz`` of the focus training samples' features: read when it was made with the same seed and sample
+    options, else computed and written (they take most of the training time; the later steps are re-run)."""
+
+    def focus_key(self) -> str:
+        """What the focus training samples depend on."""
+        return f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
 
 
 # ------------------------------------------------------------------------------------------ samples
@@ -319,6 +326,23 @@ def focus_features(
     labels = np.array([kind == "sharp" for _, kind, _ in jobs], np.float32)
     groups = np.array([sources[k][2] for k, _, _ in jobs])
     return FocusSet(np.concatenate([features, measures], axis=1), labels, groups)
+
+
+def cached_focus_features(
+    options: TrainOptions, photos: list[Photo], extractor: _Extractor, progress: BuildProgress
+) -> FocusSet:
+    """``focus_features`` of the training photos (30 scenes, ``device_variants`` device-like draws), through
+    ``options.focus_cache`` when it holds the same samples."""
+    cache, key = options.focus_cache, options.focus_key()
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as stored:
+            if str(stored["key"]) == key:
+                log.info("focus_features_cached", path=str(cache), key=key)
+                return FocusSet(stored["x"], stored["y"], stored["groups"])
+    data = focus_features(photos, options, extractor, progress, options.seed, True, 30, options.device_variants)
+    if cache is not None:
+        np.savez(cache, x=data.x, y=data.y, groups=data.groups, key=np.array(key))
+    return data
 
 
 def train_focus_head(
@@ -591,9 +615,7 @@ def run(options: TrainOptions) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         focus_features_net = model.FocusFeatures(FOCUS_SIZE)
         extractor = _Extractor(focus_features_net, fspec, ["features"], Path(tmp))
-        data = focus_features(
-            train_photos, options, extractor, progress, options.seed, True, scenes=30, device=options.device_variants
-        )
+        data = cached_focus_features(options, train_photos, extractor, progress)
         # the operating point: cross-validated across the training patients (validation patients only measure)
         scores = cross_validated(data, options, measures)
         point = operating_point(scores, data.y == 1)
