@@ -7,8 +7,11 @@ Boxes are normalised ``(x0, y0, x1, y1)`` in 0..1 of the upright (EXIF-oriented)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 Box = tuple[float, float, float, float]
+BlurType = Literal["motion", "defocus"]
+"""What blurred a photo: the camera moved, or it focused elsewhere (blur confined to the cervix is ``defocus``)."""
 
 
 def iou(a: Box, b: Box) -> float:
@@ -33,6 +36,9 @@ class FocusFinding:
     """0..1; calibrated so that 0.5 is the backend's operating threshold."""
     measure: float
     """The backend's raw focus measure (for logs and tuning), e.g. a normalised Laplacian energy."""
+    blur_type: BlurType | None = None
+    """What blurred the photo if it is blurred; None until measured (the pipeline measures it when a backend
+    does not)."""
 
 
 @dataclass(frozen=True)

@@ -208,7 +208,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"training needs the train extra ({exc}): pip install 'colposcopy-gateway[train]'", file=sys.stderr)
         return 1
-    return run(TrainOptions(data=args.data, out=args.out, seed=args.seed))
+    options = TrainOptions(
+        data=args.data, out=args.out, seed=args.seed, keep_detector=args.keep_detector, focus_cache=args.focus_cache
+    )
+    return run(options)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -349,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, required=True, help="photos with labels.csv (e.g. cervix-dev)")
     train.add_argument("--out", type=Path, default=Path("engines"), help="where the ONNX files and manifest go")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--keep-detector",
+        type=Path,
+        metavar="MANIFEST",
+        help="reuse this manifest's cervix detector (ONNX file and entry) and train the focus classifier only",
+    )
+    train.add_argument(
+        "--focus-cache",
+        type=Path,
+        metavar="NPZ",
+        help="keep the focus samples' features here and reuse them when seed and sample options match",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="accuracy of the manifest's models on labelled photos, with a baseline")

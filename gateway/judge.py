@@ -197,7 +197,7 @@ def build_judge(config: GatewayConfig, backend: Backend | None = None) -> Judge:
         max_decoded_bytes=settings.max_decoded_bytes,
     )
     return Judge(
-        Pipeline(backend or load_backend(config), config.exposure),
+        Pipeline(backend or load_backend(config), config.exposure, config.policy.sharp_threshold),
         Policy(config.policy),
         limits,
         settings.analysis_long_side,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from gateway.assessment import Assessment
@@ -10,6 +11,7 @@ from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
 from gateway.decode import DecodedImage
 from gateway.exposure import ExposureConfig, check_exposure
+from gateway.focus_measures import blur_type
 
 
 def load_backend(config: GatewayConfig) -> BackendSlot:
@@ -21,9 +23,12 @@ def load_backend(config: GatewayConfig) -> BackendSlot:
 
 
 class Pipeline:
-    def __init__(self, backend: Backend | BackendSlot, exposure: ExposureConfig) -> None:
+    def __init__(self, backend: Backend | BackendSlot, exposure: ExposureConfig, blur_type_below: float = 0.5) -> None:
+        """``blur_type_below``: the blur type is measured for photos under this sharp probability (the policy's
+        threshold), when the backend did not measure it."""
         self.slot = backend if isinstance(backend, BackendSlot) else BackendSlot(backend, "given")
         self._exposure = exposure
+        self._blur_type_below = blur_type_below
 
     @property
     def backend(self) -> Backend:
@@ -37,9 +42,12 @@ class Pipeline:
         t0 = time.perf_counter()
         cervix = backend.detector.locate(image)
         t1 = time.perf_counter()
-        focus = backend.focus.judge(image, cervix.box if cervix.found else None)
+        box = cervix.box if cervix.found else None
+        focus = backend.focus.judge(image, box)
+        if focus.blur_type is None and focus.sharp_probability < self._blur_type_below:  # whatever the backend
+            focus = dataclasses.replace(focus, blur_type=blur_type(image, box))
         t2 = time.perf_counter()
-        exposure = check_exposure(image, cervix.box if cervix.found else None, self._exposure)
+        exposure = check_exposure(image, box, self._exposure)
         t3 = time.perf_counter()
         timings = {"locate": (t1 - t0) * 1e3, "focus": (t2 - t1) * 1e3, "exposure": (t3 - t2) * 1e3}
         return Assessment(cervix=cervix, focus=focus, exposure=exposure, timings_ms=timings)

@@ -21,11 +21,13 @@ from gateway.protocol import Outcome, Reason
 
 GUIDANCE: dict[Reason, str] = {
     Reason.CERVIX_NOT_FOUND: "Centre the cervix in the view so that it fills about half the frame.",
-    Reason.OUT_OF_FOCUS: "Tap the cervix to focus, then hold still while the photo is taken.",
+    Reason.MOTION_BLUR: "Hold the phone still while the photo is taken: movement blurred it.",
+    Reason.DEFOCUS: "Tap the cervix to focus before taking the photo: it is out of focus.",
     Reason.TOO_DARK: "Turn the light up or move a little closer: the photo is too dark.",
     Reason.OVEREXPOSED: "Turn the light down or tilt the camera slightly to avoid glare: the photo is too bright.",
 }
-"""One short sentence per reason that asks for a recapture, in the order they are shown."""
+"""One short sentence per reason that asks for a recapture, in the order they are shown; ``out_of_focus`` is
+guided by its type (``motion_blur`` or ``defocus``)."""
 
 DeviceKey = tuple[str, str]
 
@@ -71,6 +73,10 @@ def _run_from(text: str, now: float) -> _Run | None:
         return None
 
 
+def _guidance(reasons: list[Reason]) -> list[str]:
+    return [GUIDANCE[r] for r in reasons if r in GUIDANCE]
+
+
 def _quality(assessment: Assessment) -> tuple[bool, bool, float]:
     """Orders photos of a run: cervix found first, then well exposed, then sharper."""
     exposure_ok = not (assessment.exposure.too_dark or assessment.exposure.overexposed)
@@ -104,7 +110,8 @@ class Policy:
         if not assessment.cervix.found:
             reasons.append(Reason.CERVIX_NOT_FOUND)
         if p < cfg.sharp_threshold - cfg.borderline_band:
-            reasons.append(Reason.OUT_OF_FOCUS)
+            motion = assessment.focus.blur_type == "motion"
+            reasons += [Reason.OUT_OF_FOCUS, Reason.MOTION_BLUR if motion else Reason.DEFOCUS]
         if assessment.exposure.too_dark:
             reasons.append(Reason.TOO_DARK)
         if assessment.exposure.overexposed:
@@ -117,7 +124,7 @@ class Policy:
                     self._save(device, None)
             return Decision(Outcome.ACCEPT, borderline, label)
         if device is None:
-            return Decision(Outcome.RECAPTURE, reasons, label, [GUIDANCE[r] for r in reasons])
+            return Decision(Outcome.RECAPTURE, reasons, label, _guidance(reasons))
         return self._recapture_or_give_up(device, image_id, assessment, reasons, label)
 
     def _recapture_or_give_up(
@@ -144,7 +151,7 @@ class Policy:
                 return Decision(Outcome.ACCEPT, [Reason.RECAPTURE_LIMIT, *reasons], label, best_image_id=best)
             run.recaptures += 1
             self._save(device, run)
-        return Decision(Outcome.RECAPTURE, reasons, label, [GUIDANCE[r] for r in reasons])
+        return Decision(Outcome.RECAPTURE, reasons, label, _guidance(reasons))
 
     def _saved_run(self, device: DeviceKey, now: float) -> _Run | None:
         """The run kept in the book (from before a restart), if not idle past the run timeout."""

@@ -41,9 +41,13 @@ class Outcome(str, Enum):
 
 
 class Reason(str, Enum):
-    """The fixed vocabulary of reason codes (documented in the README)."""
+    """The vocabulary of reason codes (documented in the README). Reasons may be added (a device ignores one it
+    does not know); the outcomes stay closed. ``out_of_focus`` always comes with its type, ``motion_blur`` or
+    ``defocus``."""
 
     OUT_OF_FOCUS = "out_of_focus"
+    MOTION_BLUR = "motion_blur"
+    DEFOCUS = "defocus"
     BORDERLINE_FOCUS = "borderline_focus"
     CERVIX_NOT_FOUND = "cervix_not_found"
     TOO_DARK = "too_dark"

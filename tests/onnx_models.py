@@ -185,3 +185,29 @@ def detector_and_classifier(folder: Path, gain: float = 0.0, bias: float = 1.0) 
     det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
     cls = mean_classifier(folder / "classifier.onnx", 16, gain, bias)
     return write_manifest(folder, [detector_entry(det), classifier_entry(cls)])
+
+
+def fused_classifier(path: Path, size: int, weights: np.ndarray, bias: float, measures: str = "measures") -> Path:
+    """Inputs crops [N, 3, size, size] and measures [N, K]; logits [N, 2] = [0, measures @ weights + bias]."""
+    nodes, inits = _batch_zero("crops", 2)
+    nodes += [
+        helper.make_node("MatMul", [measures, "weights"], ["dot"]),
+        helper.make_node("Add", ["dot", "bias"], ["plain"]),
+        helper.make_node("Add", ["plain", "zero"], ["sharp"]),
+        helper.make_node("Concat", ["zero", "sharp"], ["logits"], axis=1),
+    ]
+    inits += [
+        numpy_helper.from_array(np.asarray(weights, dtype=np.float32).reshape(-1, 1), "weights"),
+        numpy_helper.from_array(np.array(bias, dtype=np.float32), "bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fused",
+        [
+            helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["N", 3, size, size]),
+            helper.make_tensor_value_info(measures, TensorProto.FLOAT, ["N", len(weights)]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        inits,
+    )
+    return _save(graph, path)

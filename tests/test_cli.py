@@ -42,7 +42,7 @@ def test_check_json_gives_one_verdict_per_file_in_order(tmp_path: Path) -> None:
     assert [v["image_id"] for v in verdicts] == ["b-sharp.jpg", "a-blurred.png", "c-garbage.jpg"]
     assert all((v["site"], v["device"]) == ("local", "local") for v in verdicts)
     assert [v["verdict"] for v in verdicts] == ["accept", "recapture", "error"]
-    assert verdicts[1]["reasons"] == ["out_of_focus"] and verdicts[2]["reasons"] == ["undecodable"]
+    assert verdicts[1]["reasons"] == ["out_of_focus", "motion_blur"] and verdicts[2]["reasons"] == ["undecodable"]
 
 
 def test_check_table_and_annotations(tmp_path: Path) -> None:

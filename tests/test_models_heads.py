@@ -23,6 +23,15 @@ def test_calibrate_maps_the_threshold_to_one_half(p: float, t: float, expected: 
 def test_calibrate_is_monotonic_and_bounded() -> None:
     values = [calibrate(p, 0.8) for p in np.linspace(-0.5, 1.5, 41)]
     assert values == sorted(values) and values[0] == 0.0 and values[-1] == 1.0
+    banded = [calibrate(p, 0.8, 0.3) for p in np.linspace(-0.5, 1.5, 41)]
+    assert banded == sorted(banded) and banded[0] == 0.0 and banded[-1] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("p", "expected"), [(0.0, 0.0), (0.15, 0.2), (0.3, 0.4), (0.55, 0.45), (0.8, 0.5), (0.9, 0.75), (1.0, 1.0)]
+)
+def test_a_recapture_threshold_maps_to_where_the_default_policy_recaptures(p: float, expected: float) -> None:
+    assert calibrate(p, 0.8, recapture=0.3) == pytest.approx(expected)
 
 
 GEOMETRY = Geometry(source_w=64, source_h=64, scale_x=0.5, scale_y=0.5)  # a 64x64 photo in a 32x32 input

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from gateway.focus_measures import FOCUS_V1
 from gateway.models.manifest import ManifestError, check_signature, load_manifest, parse_manifest
 from tests.onnx_models import (
     DETECTOR_CLS,
@@ -15,6 +17,7 @@ from tests.onnx_models import (
     constant_retinanet,
     detector_and_classifier,
     detector_entry,
+    fused_classifier,
     mean_classifier,
     write_manifest,
 )
@@ -146,3 +149,46 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
         load_manifest(bad)
     with pytest.raises(ManifestError, match="cannot read"):
         load_manifest(tmp_path / "absent.yaml")
+
+
+def test_a_fused_focus_model_names_its_classical_measures(tmp_path: Path) -> None:
+    weights = np.zeros(len(FOCUS_V1), np.float32)
+    fused = fused_classifier(tmp_path / "fused.onnx", 16, weights, 0.0)
+    measures = {"name": "measures", "set": "focus-v1", "count": len(FOCUS_V1)}
+    spec = load_manifest(write_manifest(tmp_path, [classifier_entry(fused, measures=measures)])).models[0]
+    assert spec.measures is not None and spec.measures.dims == (None, len(FOCUS_V1))
+    check_signature(spec, {"crops": (None, 3, 16, 16), "measures": (None, 14)}, {"logits": (None, 2)})
+    with pytest.raises(ManifestError) as caught:
+        check_signature(spec, {"crops": (None, 3, 16, 16), "measures": (None, 9)}, {"logits": (None, 2)})
+    assert caught.value.problems == [
+        "focus-classifier: input 'measures' has shape [None, 9], the manifest says [None, 14]"
+    ]
+    with pytest.raises(ManifestError, match="no input named 'measures'"):
+        check_signature(spec, {"crops": (None, 3, 16, 16)}, {"logits": (None, 2)})
+
+
+def test_a_manifest_of_today_has_no_measures_and_its_model_one_input(tmp_path: Path) -> None:
+    spec = load_manifest(detector_and_classifier(tmp_path)).models[1]
+    assert spec.measures is None and spec.recapture_threshold is None
+    check_signature(spec, {"crops": (None, 3, 16, 16)}, {"logits": (None, 2)})
+    with pytest.raises(ManifestError, match="inputs \\['measures'\\] the manifest does not describe"):
+        check_signature(spec, {"crops": (None, 3, 16, 16), "measures": (None, 14)}, {"logits": (None, 2)})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"measures": {"name": "measures", "set": "focus-v9", "count": 14}}, "unknown feature set 'focus-v9'"),
+        ({"measures": {"name": "measures", "set": "focus-v1", "count": 3}}, "has 14 values, not 3"),
+        ({"measures": {"name": "crops", "set": "focus-v1", "count": 14}}, "distinct names"),
+        ({"recapture_threshold": 0.7}, "lies below its threshold"),
+    ],
+)
+def test_measures_and_recapture_threshold_are_checked(tmp_path: Path, changes: dict[str, Any], message: str) -> None:
+    cls = mean_classifier(tmp_path / "classifier.onnx", 16, 0.0, 1.0)
+    assert any(message in p for p in problems(tmp_path, [classifier_entry(cls, threshold=0.6, **changes)]))
+
+
+def test_only_a_focus_classifier_takes_measures(tmp_path: Path, det: Path) -> None:
+    entry = detector_entry(det, measures={"name": "measures", "set": "focus-v1", "count": 14})
+    assert any("only a focus_classifier takes measures" in p for p in problems(tmp_path, [entry]))

@@ -18,9 +18,18 @@ from gateway.backends.runtime import InferenceError
 from gateway.backends.settings import ModelsConfig
 from gateway.config import GatewayConfig, parse_config
 from gateway.engines.provider import TensorRTEngines
+from gateway.focus_measures import FOCUS_V1, focus_v1
 from gateway.judge import PhotoRequest, build_judge
 from gateway.models.manifest import ManifestError, load_manifest
-from tests.onnx_models import DETECTOR_SCORE, detector_and_classifier, mean_classifier
+from gateway.scenes import SceneSpec, render
+from tests.onnx_models import (
+    DETECTOR_SCORE,
+    classifier_entry,
+    detector_and_classifier,
+    fused_classifier,
+    mean_classifier,
+    write_manifest,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # The classifier's constant logits [0, 1]: softmax sharp e/(1+e) = 0.7311; threshold 0.6 -> 0.6639
@@ -99,6 +108,28 @@ def test_detector_and_classifier_decode_through_onnxruntime(tmp_path: Path) -> N
     assert found.box == pytest.approx(BOX, abs=1e-6)
     focus = ClassifierFocus(manifest.models[1], runtimes["focus-classifier"]).judge(photo(), found.box)
     assert focus.sharp_probability == pytest.approx(SHARP_P, abs=1e-6)
+
+
+def test_a_fused_model_gets_the_classical_measures_of_the_same_cervix(tmp_path: Path) -> None:
+    """The sharp logit is a weighted sum of the focus-v1 measures: the judge must feed those of this photo's box."""
+    weights = np.zeros(len(FOCUS_V1), np.float32)
+    weights[FOCUS_V1.index("band_0.5_1")] = 1.0
+    weights[FOCUS_V1.index("ratio_0.5_1")] = 2.0
+    fused = fused_classifier(tmp_path / "fused.onnx", 16, weights, -3.0)
+    measures = {"name": "measures", "set": "focus-v1", "count": len(FOCUS_V1)}
+    manifest = load_manifest(write_manifest(tmp_path, [classifier_entry(fused, threshold=0.5, measures=measures)]))
+    spec = manifest.models[0]
+    runtimes = open_runtimes(manifest, lambda s: OnnxRuntime(manifest.onnx_path(s)))
+    judge = ClassifierFocus(spec, runtimes[spec.name])
+    probabilities = []
+    for blur, px in (("none", 0.0), ("defocus", 6.0)):
+        scene = render(SceneSpec(960, 720, seed=2, blur=blur, blur_px=px))
+        assert scene.cervix_box is not None
+        logit = float(focus_v1(scene.image, scene.cervix_box) @ weights) - 3.0
+        found = judge.judge(scene.image, scene.cervix_box)
+        assert found.measure == pytest.approx(1.0 / (1.0 + np.exp(-logit)), abs=1e-5)
+        probabilities.append(found.sharp_probability)
+    assert probabilities[0] > 0.9 and probabilities[1] < 0.1, probabilities
 
 
 def test_a_model_that_does_not_match_its_spec_is_refused(tmp_path: Path) -> None:

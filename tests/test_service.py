@@ -97,13 +97,14 @@ def test_blurred_photo_gets_recapture_and_a_recapture_request(
     recorder.publish("colposcopy/clinic-a/eva-07/images", blurred_jpeg, props("IMG-2"))
     [message] = recorder.wait_for(1, "colposcopy/clinic-a/eva-07/verdicts")
     verdict = body(message)
-    assert verdict["verdict"] == "recapture" and "out_of_focus" in verdict["reasons"], verdict
+    assert verdict["verdict"] == "recapture" and verdict["reasons"] == ["out_of_focus", "defocus"], verdict
     assert verdict["focus"]["label"] == "not_sharp"
     [request] = recorder.wait_for(1, "colposcopy/clinic-a/eva-07/recapture")
     recapture = body(request)
     assert recapture["schema"] == "colposcopy-gateway/recapture/1"
-    assert recapture["image_id"] == "IMG-2" and "out_of_focus" in recapture["reasons"]
-    assert recapture["guidance"] and recapture["expires_at"]
+    assert recapture["image_id"] == "IMG-2" and recapture["reasons"] == ["out_of_focus", "defocus"]
+    assert recapture["guidance"] == ["Tap the cervix to focus before taking the photo: it is out of focus."]
+    assert recapture["expires_at"]
     assert 0 < request.properties.MessageExpiryInterval <= 120
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -239,6 +240,23 @@ def test_focal_loss_ignores_and_down_weights() -> None:
     assert float(focal_loss(logits[3:], labels[3:])) == 0.0
 
 
+def _tiny_features() -> Any:
+    """A conv layer pooled as the focus features are (mean and mean |x| per channel): 8 features."""
+    import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = torch.relu(self.conv(x))
+            return torch.cat([f.mean(dim=(2, 3)), f.abs().mean(dim=(2, 3))], dim=1)
+
+    return Tiny()
+
+
 def test_onnx_export_round_trip_of_a_tiny_classifier(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
@@ -251,20 +269,8 @@ def test_onnx_export_round_trip_of_a_tiny_classifier(tmp_path: Path) -> None:
     from gateway.training.model import FocusHead
     from tests.onnx_models import classifier_entry, write_manifest
 
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.head = FocusHead(features=8, hidden=4)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            f = torch.relu(self.conv(x))
-            pooled = torch.cat([f.mean(dim=(2, 3)), f.abs().mean(dim=(2, 3))], dim=1)
-            out: torch.Tensor = self.head(pooled)
-            return out
-
     torch.manual_seed(0)
-    net = Tiny().eval()
+    net = nn.Sequential(_tiny_features(), FocusHead(features=8, hidden=4)).eval()
     from gateway.models.manifest import InputSpec
 
     spec = InputSpec(name="crops", shape=(-1, 3, 32, 32), resize="stretch")
@@ -284,3 +290,74 @@ def test_onnx_export_round_trip_of_a_tiny_classifier(tmp_path: Path) -> None:
     assert finding.measure == pytest.approx(expected, abs=1e-4)
     entry = export.entry("tiny", "0.0.1", "focus_classifier", path, spec, [])
     assert entry["sha256"] == spec_m.sha256 and entry["input"]["shape"] == [-1, 3, 32, 32]
+
+
+def test_a_fused_classifier_exports_with_its_measures_and_runs_as_the_gateway_feeds_it(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+
+    from gateway.backends.neural import ClassifierFocus
+    from gateway.backends.onnxruntime import OnnxRuntime
+    from gateway.focus_measures import FOCUS_V1, focus_v1
+    from gateway.models.manifest import InputSpec, load_manifest
+    from gateway.training import export
+    from gateway.training.model import FocusHead, FusedFocusNet
+    from tests.onnx_models import classifier_entry, write_manifest
+
+    torch.manual_seed(0)
+    k = len(FOCUS_V1)
+    head = FocusHead(features=8, hidden=4, measures=k)
+    head.set_standardisation(torch.randn(64, 8 + k))
+    net = FusedFocusNet(_tiny_features(), head).eval()
+    spec = InputSpec(name="crops", shape=(-1, 3, 32, 32), resize="stretch")
+    path = export.export_onnx(net, tmp_path / "fused.onnx", spec, ["logits"], {"measures": k})
+    assert export.check_parity(net, path, spec, extra={"measures": k}) < 1e-4
+    measures = {"name": "measures", "set": "focus-v1", "count": k}
+    entry = classifier_entry(path, size=32, threshold=0.5, measures=measures)
+    manifest = load_manifest(write_manifest(tmp_path, [entry]))
+    focus = ClassifierFocus(manifest.models[0], OnnxRuntime(path))
+    image, box = _texture(3, (240, 320)), (0.2, 0.2, 0.8, 0.8)
+    finding = focus.judge(image, box)
+    from gateway.models.preprocess import crop, preprocess
+
+    tensor, _ = preprocess(crop(image, box, manifest.models[0].crop_margin), manifest.models[0].input)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(tensor), torch.from_numpy(focus_v1(image, box)[None]))
+    assert finding.measure == pytest.approx(float(torch.softmax(logits, dim=1)[0, 1]), abs=1e-4)
+
+
+def test_the_operating_point_rule() -> None:
+    pytest.importorskip("torch")
+    from gateway.training.train import operating_point
+
+    # sharp scores 0.50..0.99, blurred 0.00..0.39: both targets reachable, R halfway between b98 and s5
+    sharp = np.linspace(0.5, 0.99, 1000)
+    blurred = np.linspace(0.0, 0.39, 1000)
+    scores, is_sharp = np.concatenate([sharp, blurred]), np.arange(2000) < 1000
+    point = operating_point(scores, is_sharp)
+    s5, b98, b995 = np.quantile(sharp, 0.05), np.quantile(blurred, 0.98), np.quantile(blurred, 0.995)
+    assert point.recapture == pytest.approx((s5 + b98) / 2)
+    assert point.threshold == pytest.approx(point.recapture + 0.01)  # b99.5 lies below R: the minimum band
+    assert b995 < point.recapture
+    # overlapping classes: the acceptance target holds (R = s5), the band reaches up to b99.5
+    blurred = np.linspace(0.2, 0.8, 1000)
+    point = operating_point(np.concatenate([sharp, blurred]), is_sharp)
+    assert point.recapture == pytest.approx(np.quantile(sharp, 0.05))
+    assert point.threshold == pytest.approx(np.quantile(blurred, 0.995))
+    assert point.facts["cv_sharp_accepted"] >= 0.95 and point.facts["cv_blurred_recaptured"] < 0.98
+
+
+def test_the_focus_cache_is_read_only_for_the_same_samples(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from gateway.engines.progress import BuildProgress
+    from gateway.training.train import TrainOptions, cached_focus_features
+
+    options = TrainOptions(tmp_path, tmp_path, seed=3, focus_cache=tmp_path / "focus.npz")
+    x, y, groups = np.ones((4, 5), np.float32), np.array([1, 0, 1, 0], np.float32), np.array(list("aabb"))
+    np.savez(tmp_path / "focus.npz", x=x, y=y, groups=groups, key=np.array(options.focus_key()))
+    data = cached_focus_features(options, [], None, BuildProgress("t"))  # type: ignore[arg-type]
+    assert np.array_equal(data.x, x) and np.array_equal(data.y, y) and list(data.groups) == list("aabb")
+    other = TrainOptions(tmp_path, tmp_path, seed=4, focus_cache=tmp_path / "focus.npz")
+    assert other.focus_key() != options.focus_key()
+    with pytest.raises(AttributeError):  # another seed's samples: recomputed, which needs a real extractor
+        cached_focus_features(other, [], None, BuildProgress("t"))  # type: ignore[arg-type]

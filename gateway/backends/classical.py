@@ -54,6 +54,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.assessment import Box, CervixFinding, FocusFinding
+from gateway.focus_measures import channel_max, channel_min, glare_and_marks, resize
 
 F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
@@ -181,18 +182,6 @@ def _ramp(value: float, lo: float, hi: float) -> float:
     return min(max((value - lo) / (hi - lo), 0.0), 1.0)
 
 
-def _channel_min(image: np.ndarray) -> np.ndarray:
-    """Per-pixel minimum over the three channels (much faster than ``ndarray.min(axis=2)``)."""
-    b, g, r = cv2.split(image)
-    return cv2.min(cv2.min(b, g), r)
-
-
-def _channel_max(image: np.ndarray) -> np.ndarray:
-    """Per-pixel maximum over the three channels."""
-    b, g, r = cv2.split(image)
-    return cv2.max(cv2.max(b, g), r)
-
-
 def _blur(image: F32, sigma: float, axis: int | None) -> F32:
     """Gaussian blur in 2-D (``axis`` None) or along x (0) or y (1) only."""
     if axis is None:
@@ -201,12 +190,6 @@ def _blur(image: F32, sigma: float, axis: int | None) -> F32:
     one = np.ones((1, 1), np.float64)
     kx, ky = (kernel, one) if axis == 0 else (one, kernel)
     return cv2.sepFilter2D(image, -1, kx, ky).astype(np.float32, copy=False)
-
-
-def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize with area averaging when shrinking, cubic interpolation when enlarging."""
-    shrink = width * height < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
 class ClassicalDetector:
@@ -223,12 +206,12 @@ class ClassicalDetector:
         if min(h, w) < _MIN_SIDE:
             return _NOT_FOUND
         scale = min(1.0, cfg.detector_size / max(h, w))
-        small = _resize(image, max(1, round(w * scale)), max(1, round(h * scale)))
+        small = resize(image, max(1, round(w * scale)), max(1, round(h * scale)))
         sh, sw = small.shape[:2]
         lab = cv2.cvtColor(small.astype(np.float32) * np.float32(1 / 255), cv2.COLOR_BGR2LAB)
         lightness, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
 
-        glare = _channel_min(small) >= cfg.glare_level
+        glare = channel_min(small) >= cfg.glare_level
         dark_level = max(cfg.dark_floor, cfg.dark_relative * float(np.percentile(lightness, 95)))
         usable = ~glare & (lightness >= dark_level)
         yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
@@ -307,13 +290,14 @@ class ClassicalFocus:
         if crop is None:
             return 0.0
         scale = cfg.focus_scale_px / math.sqrt(crop.shape[0] * crop.shape[1])
-        view = _resize(crop, max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        view = resize(crop, max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
         if min(view.shape[:2]) < _MIN_SIDE:
             return 0.0
 
         green = view[..., 1].astype(np.float32)
         # Glare and marks, with the rim of blended pixels around them, are filled with the surrounding tissue.
-        excluded = cv2.dilate(self._glare_and_marks(view).astype(np.uint8), self._dilate) > 0
+        spots = glare_and_marks(view, cfg.glare_level, cfg.mark_saturation, cfg.mark_max_area)
+        excluded = cv2.dilate(spots.astype(np.uint8), self._dilate) > 0
         keep = (~excluded).astype(np.float32)
         s_fill = 4.0 * cfg.detail_sigma
         filled = cv2.GaussianBlur(green * keep, (0, 0), s_fill) / np.maximum(
@@ -321,7 +305,7 @@ class ClassicalFocus:
         )
         green = np.where(excluded, filled, green)
         # The statistic leaves out a further rim (the fill's edge) and near-black pixels (noise only).
-        valid = (cv2.dilate(excluded.astype(np.uint8), self._dilate) == 0) & (_channel_max(view) >= 30)
+        valid = (cv2.dilate(excluded.astype(np.uint8), self._dilate) == 0) & (channel_max(view) >= 30)
 
         isotropic = self._band_ratio(green, valid, None)
         along = min(self._band_ratio(green, valid, axis) for axis in (0, 1))
@@ -349,17 +333,3 @@ class ClassicalFocus:
         if x1 - x0 < _MIN_SIDE or y1 - y0 < _MIN_SIDE:
             return None
         return image[y0:y1, x0:x1]
-
-    def _glare_and_marks(self, view: np.ndarray) -> Mask:
-        """Glare and drawn marks: pixels whose crisp edges say nothing of the focus."""
-        cfg = self.config
-        glare = _channel_min(view) >= cfg.glare_level
-        hsv = cv2.cvtColor(view, cv2.COLOR_BGR2HSV)
-        hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-        # OpenCV hue is 0..180: 27..150 is yellow through green, cyan, blue to violet; tissue is outside it.
-        unnatural = ((sat >= cfg.mark_saturation) & (val >= 90) & (hue >= 27) & (hue <= 150)).astype(np.uint8)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(unnatural, connectivity=8)
-        small = stats[:, cv2.CC_STAT_AREA] < cfg.mark_max_area * unnatural.size
-        small[0] = False
-        marks: Mask = small[labels]
-        return glare | marks

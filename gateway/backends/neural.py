@@ -15,6 +15,7 @@ from gateway.assessment import Box, CervixFinding, FocusFinding
 from gateway.backends.base import Backend, Detector, FocusJudge
 from gateway.backends.classical import ClassicalConfig, ClassicalDetector, ClassicalFocus
 from gateway.backends.runtime import InferenceError, Runtime, shapes
+from gateway.focus_measures import features
 from gateway.models.heads import cervix_finding, classifier_focus, retinanet_focus
 from gateway.models.manifest import Manifest, ModelSpec, check_signature
 from gateway.models.preprocess import crop, preprocess
@@ -62,11 +63,12 @@ class RetinaNetFocus:
                 f"{self.spec.name}: the model gave {logits.shape[0]} anchors, the manifest's anchors give"
                 f" {self._anchors}"
             )
-        return retinanet_focus(logits, self.spec.labels, self.spec.threshold)
+        return retinanet_focus(logits, self.spec.labels, self.spec.threshold, self.spec.recapture_threshold)
 
 
 class ClassifierFocus:
-    """``focus_classifier`` on the cervix crop (the whole photo when no cervix was found)."""
+    """``focus_classifier`` on the cervix crop (the whole photo when no cervix was found), with the classical
+    measures of the same cervix as a second input when the manifest names a feature set."""
 
     def __init__(self, spec: ModelSpec, runtime: Runtime) -> None:
         self.spec, self.runtime = spec, runtime
@@ -74,8 +76,11 @@ class ClassifierFocus:
 
     def judge(self, image: np.ndarray, box: Box | None) -> FocusFinding:
         tensor, _ = preprocess(crop(image, box, self.spec.crop_margin), self.spec.input)
-        logits = self.runtime.run({self.spec.input.name: tensor})[self._logits][0]
-        return classifier_focus(logits, self.spec.labels, self.spec.threshold)
+        feeds = {self.spec.input.name: tensor}
+        if (measures := self.spec.measures) is not None:  # a fused model: the classical measures, same photo
+            feeds[measures.name] = features(measures.set, image, box)[None]
+        logits = self.runtime.run(feeds)[self._logits][0]
+        return classifier_focus(logits, self.spec.labels, self.spec.threshold, self.spec.recapture_threshold)
 
 
 RuntimeFactory = Callable[[ModelSpec], Runtime]

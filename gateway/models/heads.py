@@ -6,7 +6,9 @@
 * focus classifier: softmax over ``[N, 2]`` logits (the ``sharp`` column), or the sigmoid of ``[N, 1]``.
 
 The raw probability ``p`` is then mapped through the model's operating threshold ``t`` (piecewise linear:
-``0 -> 0``, ``t -> 0.5``, ``1 -> 1``), so the policy's 0.5 means the model's operating point.
+``0 -> 0``, ``t -> 0.5``, ``1 -> 1``), so the policy's 0.5 means the model's operating point. A model that gives
+its recapture threshold ``r`` also maps ``r -> RECAPTURE_POINT`` (0.4, where the default policy starts to
+recapture), so the borderline band is the one chosen with the model.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ from gateway.assessment import CervixFinding, FocusFinding
 from gateway.models.preprocess import Geometry
 from gateway.models.retinanet import Detections, sigmoid
 
+RECAPTURE_POINT = 0.4
+"""Where the default policy starts to recapture: ``sharp_threshold`` 0.5 minus ``borderline_band`` 0.1."""
 
-def calibrate(probability: float, threshold: float) -> float:
-    """Map a raw probability so that ``threshold`` becomes 0.5 (monotonic, piecewise linear, 0..1)."""
+
+def calibrate(probability: float, threshold: float, recapture: float | None = None) -> float:
+    """Map a raw probability so that ``threshold`` becomes 0.5 and ``recapture`` (if given, below ``threshold``)
+    becomes ``RECAPTURE_POINT`` (monotonic, piecewise linear, 0..1)."""
     p = min(1.0, max(0.0, float(probability)))
-    if p < threshold:
+    if p >= threshold:
+        return 0.5 + 0.5 * (p - threshold) / (1.0 - threshold)
+    if recapture is None:
         return 0.5 * p / threshold
-    return 0.5 + 0.5 * (p - threshold) / (1.0 - threshold)
+    if p < recapture:
+        return RECAPTURE_POINT * p / recapture
+    return RECAPTURE_POINT + (0.5 - RECAPTURE_POINT) * (p - recapture) / (threshold - recapture)
 
 
 def cervix_finding(
@@ -42,7 +52,9 @@ def cervix_finding(
     return CervixFinding(found=True, box=(x0, y0, x1, y1), score=score)
 
 
-def retinanet_focus(cls_logits: np.ndarray, labels: tuple[str, ...], threshold: float) -> FocusFinding:
+def retinanet_focus(
+    cls_logits: np.ndarray, labels: tuple[str, ...], threshold: float, recapture: float | None = None
+) -> FocusFinding:
     """``[A, 2]`` focus logits -> the finding of the highest-scoring box (``measure``: the raw probability)."""
     if cls_logits.size == 0:
         raise ValueError("the focus model gave no anchors")
@@ -50,10 +62,12 @@ def retinanet_focus(cls_logits: np.ndarray, labels: tuple[str, ...], threshold: 
     anchor, label = np.unravel_index(int(np.argmax(scores)), scores.shape)
     top = float(scores[anchor, label])
     raw = top if labels[int(label)] == "sharp" else 1.0 - top
-    return FocusFinding(sharp_probability=calibrate(raw, threshold), measure=raw)
+    return FocusFinding(sharp_probability=calibrate(raw, threshold, recapture), measure=raw)
 
 
-def classifier_focus(logits: np.ndarray, labels: tuple[str, ...], threshold: float) -> FocusFinding:
+def classifier_focus(
+    logits: np.ndarray, labels: tuple[str, ...], threshold: float, recapture: float | None = None
+) -> FocusFinding:
     """One image's ``[2]`` (softmax) or ``[1]`` (sigmoid) logits -> the focus finding."""
     values = np.asarray(logits, dtype=np.float64).ravel()
     if values.size == 1:
@@ -61,4 +75,4 @@ def classifier_focus(logits: np.ndarray, labels: tuple[str, ...], threshold: flo
     else:
         shifted = np.exp(values - values.max())
         raw = float(shifted[labels.index("sharp")] / shifted.sum())
-    return FocusFinding(sharp_probability=calibrate(raw, threshold), measure=raw)
+    return FocusFinding(sharp_probability=calibrate(raw, threshold, recapture), measure=raw)

@@ -10,8 +10,14 @@ The model contract (the trainer must match it; see ``engines/manifest.yaml`` for
   RetinaNet's are ``[sharp, not_sharp]`` (in either order).
 * ``focus_classifier`` judges the cervix crop: ``logits`` ``[N, 2]`` (softmax over ``labels``, which holds
   ``sharp``) or ``[N, 1]`` (one sigmoid logit, ``labels: [sharp]``).
+* A ``focus_classifier`` may take a second input, ``measures`` ``[N, K]``: a named classical feature set of the
+  cervix (``gateway.focus_measures.FEATURE_SETS``), computed in numpy beside the model and fed with the crop, so
+  one model fuses learned and classical evidence on ONNX Runtime and TensorRT alike. Entries without it load
+  and run as before.
 * ``threshold`` is the model's operating point: the detector's minimum cervix score; for focus models the raw
-  sharp probability that maps to 0.5 (see ``gateway.models.heads.calibrate``).
+  sharp probability that maps to 0.5 (see ``gateway.models.heads.calibrate``). A focus model may also give
+  ``recapture_threshold``, the raw probability that maps to the policy's default recapture point (0.4: 0.5
+  minus the default borderline band), so the model sets the width of the borderline band it was measured with.
 
 Loading checks the schema, then each ONNX file's sha256; ``check_signature`` checks the input and output
 tensors of a loaded runtime against the spec. Every problem is named in ``ManifestError.problems``.
@@ -159,6 +165,29 @@ class DecodeSpec(_Strict):
     max_detections: int = Field(default=100, ge=1)
 
 
+class MeasuresSpec(_Strict):
+    """The second input of a fused focus model: classical focus measures of the cervix, computed in numpy."""
+
+    name: str = Field(description="the model's input tensor, [N, count] float32")
+    set: str = Field(description="the feature set (gateway.focus_measures.FEATURE_SETS), e.g. focus-v1")
+    count: int = Field(ge=1, description="values per photo: the feature set's length")
+
+    @model_validator(mode="after")
+    def _known(self) -> MeasuresSpec:
+        from gateway.focus_measures import FEATURE_SETS
+
+        if self.set not in FEATURE_SETS:
+            raise ValueError(f"unknown feature set {self.set!r}; this gateway knows {sorted(FEATURE_SETS)}")
+        names = FEATURE_SETS[self.set][0]
+        if self.count != len(names):
+            raise ValueError(f"feature set {self.set!r} has {len(names)} values, not {self.count}")
+        return self
+
+    @property
+    def dims(self) -> Shape:
+        return (None, self.count)
+
+
 class ModelCard(_Strict):
     summary: str
     data: str = Field(description="what it was trained on")
@@ -178,9 +207,17 @@ class ModelSpec(_Strict):
     outputs: tuple[OutputSpec, ...]
     labels: tuple[str, ...] = Field(min_length=1)
     threshold: float = Field(gt=0, lt=1, description="the default operating threshold")
+    recapture_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="focus models: the raw sharp probability below which a photo is recaptured (mapped to the "
+        "policy's default recapture point, 0.4); between it and threshold a photo is borderline",
+    )
     anchors: AnchorSpec | None = None
     decode: DecodeSpec = DecodeSpec()
     crop_margin: float = Field(default=0.1, ge=0, le=1, description="focus_classifier: margin around the cervix box")
+    measures: MeasuresSpec | None = Field(default=None, description="focus_classifier: a second, classical input")
     card: ModelCard
 
     @field_validator("name")
@@ -204,6 +241,14 @@ class ModelSpec(_Strict):
             raise ValueError(f"a {self.task} has outputs with roles {list(ROLES[self.task])}; this one has {roles}")
         if len({o.name for o in self.outputs}) != len(self.outputs):
             raise ValueError("output names must be distinct")
+        if self.recapture_threshold is not None and (
+            self.task not in FOCUS_TASKS or self.recapture_threshold >= self.threshold
+        ):
+            raise ValueError("recapture_threshold belongs to a focus model and lies below its threshold")
+        if self.measures is not None and self.task != "focus_classifier":
+            raise ValueError("only a focus_classifier takes measures")
+        if self.measures is not None and self.measures.name == self.input.name:
+            raise ValueError("measures and the image input need distinct names")
         if self.task in RETINANET_TASKS:
             self._check_retinanet()
         else:
@@ -364,14 +409,17 @@ def _shape_problem(what: str, expected: Shape, actual: Shape) -> str | None:
 def check_signature(spec: ModelSpec, inputs: Mapping[str, Shape], outputs: Mapping[str, Shape]) -> None:
     """Check a loaded model's tensors (name -> shape) against the spec; raise ManifestError naming each mismatch."""
     problems = []
-    if spec.input.name not in inputs:
-        problems.append(f"{spec.name}: no input named {spec.input.name!r}; the model has {sorted(inputs)}")
-    else:
-        if problem := _shape_problem(f"input {spec.input.name!r}", spec.input.dims, inputs[spec.input.name]):
+    expected = {spec.input.name: spec.input.dims}
+    if spec.measures is not None:
+        expected[spec.measures.name] = spec.measures.dims
+    for name, dims in expected.items():
+        if name not in inputs:
+            problems.append(f"{spec.name}: no input named {name!r}; the model has {sorted(inputs)}")
+        elif problem := _shape_problem(f"input {name!r}", dims, inputs[name]):
             problems.append(f"{spec.name}: {problem}")
-        extra = sorted(set(inputs) - {spec.input.name})
-        if extra:
-            problems.append(f"{spec.name}: the model has inputs {extra} the manifest does not describe")
+    extra = sorted(set(inputs) - set(expected))
+    if extra and not problems:
+        problems.append(f"{spec.name}: the model has inputs {extra} the manifest does not describe")
     for out in spec.outputs:
         if out.name not in outputs:
             problems.append(f"{spec.name}: no output named {out.name!r} ({out.role}); the model has {sorted(outputs)}")

@@ -17,20 +17,24 @@ OPSET = 17
 MAX_BYTES = 20 * 1024 * 1024
 
 
-def export_onnx(module: nn.Module, path: Path, spec: InputSpec, outputs: list[str]) -> Path:
-    """Export ``module`` (eval mode, float32) with the spec's input name and size; batch dimension dynamic."""
+def export_onnx(
+    module: nn.Module, path: Path, spec: InputSpec, outputs: list[str], extra: dict[str, int] | None = None
+) -> Path:
+    """Export ``module`` (eval mode, float32) with the spec's input name and size, and ``extra`` inputs
+    ``[N, width]`` by name (a fused model's measures) after it; batch dimension dynamic."""
     module.eval()
-    dummy = torch.zeros(2, 3, spec.height, spec.width)
+    extra = extra or {}
+    dummy = (torch.zeros(2, 3, spec.height, spec.width), *(torch.zeros(2, k) for k in extra.values()))
     axes = {spec.name: {0: "N"}}
-    axes.update({name: {0: "N"} for name in outputs})
+    axes.update({name: {0: "N"} for name in [*extra, *outputs]})
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
-            (dummy,),
+            dummy,
             str(path),
-            input_names=[spec.name],
+            input_names=[spec.name, *extra],
             output_names=outputs,
             dynamic_axes=axes,
             opset_version=OPSET,
@@ -59,13 +63,17 @@ def session(path: Path, threads: int = 2) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_parity(module: nn.Module, path: Path, spec: InputSpec, tol: float = 1e-3) -> float:
+def check_parity(
+    module: nn.Module, path: Path, spec: InputSpec, tol: float = 1e-3, extra: dict[str, int] | None = None
+) -> float:
     """Largest absolute difference between torch and ONNX Runtime on random inputs; raises over ``tol``."""
-    x = np.random.default_rng(0).normal(0, 1, (2, 3, spec.height, spec.width)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    feeds = {spec.name: rng.normal(0, 1, (2, 3, spec.height, spec.width)).astype(np.float32)}
+    feeds.update({name: rng.normal(0, 1, (2, k)).astype(np.float32) for name, k in (extra or {}).items()})
     with torch.no_grad():
-        expected = module(torch.from_numpy(x))
+        expected = module(*(torch.from_numpy(v) for v in feeds.values()))
     expected = expected if isinstance(expected, tuple) else (expected,)
-    got = session(path).run(None, {spec.name: x})
+    got = session(path).run(None, feeds)
     worst = max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=True))
     if worst > tol:
         raise ValueError(f"{path.name}: ONNX Runtime differs from torch by {worst}")

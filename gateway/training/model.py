@@ -90,23 +90,48 @@ class FocusFeatures(nn.Module):
 
 
 class FocusHead(nn.Module):
-    """Standardised features -> a small MLP -> ``[N, 2]`` logits over ``[not_sharp, sharp]``."""
+    """Standardised features -> a small MLP -> ``[N, 2]`` logits over ``[not_sharp, sharp]``.
+
+    A fused head takes ``[backbone features, classical measures]`` (``measures`` of them, last): the MLP sees
+    both, and a linear term on the measures alone adds to its logits, so the few classical values are not
+    drowned by the backbone's 1632."""
 
     mu: torch.Tensor
     sd: torch.Tensor
 
-    def __init__(self, features: int = FOCUS_FEATURES, hidden: int = 32, dropout: float = 0.2) -> None:
+    def __init__(
+        self, features: int = FOCUS_FEATURES, hidden: int = 32, dropout: float = 0.2, measures: int = 0
+    ) -> None:
         super().__init__()
-        self.register_buffer("mu", torch.zeros(features))
-        self.register_buffer("sd", torch.ones(features))
-        self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 2))
+        self.measures = measures
+        self.register_buffer("mu", torch.zeros(features + measures))
+        self.register_buffer("sd", torch.ones(features + measures))
+        self.mlp = nn.Sequential(
+            nn.Linear(features + measures, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 2)
+        )
+        self.linear = nn.Linear(measures, 2) if measures else None
 
     def set_standardisation(self, features: torch.Tensor) -> None:
         self.mu.copy_(features.mean(0))
         self.sd.copy_(features.std(0).clamp_min(1e-4))
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.mlp((f - self.mu) / self.sd)
+        z = (f - self.mu) / self.sd
+        out: torch.Tensor = self.mlp(z)
+        if self.linear is not None:
+            out = out + self.linear(z[:, z.shape[1] - self.measures :])
+        return out
+
+
+class FusedFocusNet(nn.Module):
+    """The exported fused focus classifier: crop ``[N, 3, S, S]`` and classical measures ``[N, K]`` -> logits."""
+
+    def __init__(self, features: FocusFeatures, head: FocusHead) -> None:
+        super().__init__()
+        self.features, self.head = features, head
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(torch.cat([self.features(x), m], dim=1))
         return out
 
 

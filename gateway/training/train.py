@@ -1,20 +1,24 @@
 """``colpo-gateway train``: the cervix detector and the focus classifier, exported to ONNX with manifest and card.
 
-Steps (deterministic for a seed; about 10-15 minutes on two CPU cores):
+Steps (deterministic for a seed; about 30-40 minutes on two shared CPU cores, the focus features most of it):
 
 1. split the patients (``dataset.patient_split``);
 2. focus samples: each sharp photo of the training patients (and 30 synthetic scenes), rescaled (0.45..1:
    smaller cervices, as wider device photos give), degraded by the degradation model (half sharp, half defocus /
    motion / cervix-only blur), cropped at its labelled box with jitter (as a detector's box would be) and
-   resized to the input;
-   frozen-backbone features are computed once with ONNX Runtime, then the small head trains on them;
-3. detector samples: every photo of the training patients (any focus), flipped, zoomed out into a synthetic
+   resized to the input; and ``device_variants`` device-like draws per sharp photo (the cervix at its native
+   resolution framed in a speculum view, blurred before a phone's sharpening: ``device_photos``). For each,
+   the frozen backbone's pooled features (ONNX Runtime) and the classical measures ``focus-v1`` of the same
+   photo and box (``gateway.focus_measures``, the model's second input);
+3. the operating point, cross-validated across the training patients (``cross_validated``,
+   ``operating_point``): the validation patients only measure, the real blurry photos set nothing; then the
+   fused head trains on all training samples;
+4. detector samples: every photo of the training patients (any focus), flipped, zoomed out into a synthetic
    wall view or cropped, brightness-jittered and degraded, plus synthetic colposcope scenes and images without a
-   cervix; backbone C4/C5 are cached, then the FPN and RetinaNet head train with focal loss;
-4. export both to ONNX, check them against torch, choose the operating thresholds on the validation patients
-   (focus: the sharp probability that keeps 97.5 % of a synthetic calibration draw of their sharp photos sharp;
-   detector: Youden's J, the middle of the best range, on their photos against validation images without a
-   cervix), evaluate, write
+   cervix; backbone C4/C5 are cached, then the FPN and RetinaNet head train with focal loss (``--keep-detector``
+   reuses a trained one instead);
+5. export both to ONNX, check them against torch, choose the detector's threshold (Youden's J, the middle of the
+   best range, on the validation photos against validation images without a cervix), evaluate, write
    ``manifest.yaml`` and ``MODEL_CARD.md``.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -36,6 +41,7 @@ import structlog
 import torch
 import yaml
 
+from gateway import focus_measures
 from gateway.engines.progress import BuildProgress
 from gateway.models.manifest import InputSpec, load_manifest
 from gateway.models.preprocess import crop, preprocess
@@ -46,6 +52,17 @@ from gateway.training.dataset import Photo, box_pixels
 log = structlog.get_logger(__name__)
 
 VERSION = "1.0.0"
+"""The detector's version."""
+FOCUS_VERSION = "1.1.0"
+"""The focus classifier's version: 1.1.0 fuses the classical measures ``MEASURES`` with the learned features."""
+MEASURES = "focus-v1"
+MEASURES_INPUT = "measures"
+DEVICE_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
+"""Kinds of the device-like draws (``gateway.training.device_photos``) of each sharp training photo."""
+CV_FOLDS = 5
+RECALL_TARGET, ACCEPT_TARGET, BAND_TOP = 0.98, 0.95, 0.995
+"""The operating-point rule (``operating_point``): the product's targets, and the share of blurred draws under
+the borderline band's top."""
 DETECTOR_NAME, FOCUS_NAME = "cervix-detector", "focus-classifier"
 DETECTOR_SIZE, FOCUS_SIZE = 320, 384
 CROP_MARGIN = 0.1
@@ -76,7 +93,20 @@ class TrainOptions:
     focus_epochs: int = 400
     detector_epochs: int = 20
     focus_specificity: float = 0.975
-    """The focus threshold keeps this share of the validation patients' sharp calibration draws sharp."""
+    """The 1.0.0 rule, kept for ``bench/focus_ablation.py``: keep this share of sharp calibration draws sharp."""
+    device_variants: int = 6
+    """Device-like focus samples per sharp training photo (the cervix framed as a phone sees it)."""
+    measures: str | None = MEASURES
+    """The classical feature set fused into the focus model (None: the 1.0.0 design, no second input)."""
+    keep_detector: Path | None = None
+    """A manifest whose cervix detector (entry and ONNX file) is reused instead of training one."""
+    focus_cache: Path | None = None
+    """An ``.npz`` of the focus training samples' features: read when it was made with the same seed and sample
+    options, else computed and written (they take most of the training time; the later steps are re-run)."""
+
+    def focus_key(self) -> str:
+        """What the focus training samples depend on."""
+        return f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
 
 
 # ------------------------------------------------------------------------------------------ samples
@@ -104,19 +134,52 @@ def jitter_box(box: tuple[float, float, float, float], rng: np.random.Generator,
     return (x0, y0, x1, y1)
 
 
+def _normalised(box: Any, image: np.ndarray) -> Any:
+    h, w = image.shape[:2]
+    return (box[0] / w, box[1] / h, box[2] / w, box[3] / h)
+
+
 def focus_sample(
-    image: np.ndarray, box: Any, kind: degradations.Kind, rng: np.random.Generator, spec: InputSpec, scale: bool = True
-) -> np.ndarray:
-    """One focus training tensor ``[1, 3, S, S]`` from a sharp photo and its normalised cervix box."""
-    if scale:
-        image = rescale(image, float(np.exp(rng.uniform(np.log(0.45), 0.0))))
+    image: np.ndarray,
+    box: Any,
+    kind: degradations.Kind,
+    rng: np.random.Generator,
+    spec: InputSpec,
+    scale: bool = True,
+    measures: str | None = None,
+    device: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One focus training sample from a sharp photo and its normalised cervix box: the tensor ``[1, 3, S, S]``
+    and the classical ``measures`` of the same degraded photo and box (empty when None).
+
+    ``device``: the cervix is framed at its native resolution in a synthetic speculum view and goes through a
+    phone's pipeline (``gateway.training.device_photos``), blurred by the degradation model before sharpening."""
     if rng.random() < 0.5:
         image = image[:, ::-1].copy()
         box = (1.0 - box[2], box[1], 1.0 - box[0], box[3])
     d = degradations.sample(kind, rng)
-    degraded = degradations.degrade(image, box_pixels(box, image), d, rng)
-    tensor, _ = preprocess(crop(degraded, jitter_box(box, rng), CROP_MARGIN), spec)
-    return tensor
+    if device:
+        from gateway.training import device_photos
+
+        def optics(frame: np.ndarray, pixel_box: Any) -> np.ndarray:
+            return degradations.blur(frame, pixel_box, d)
+
+        photo = device_photos.device_photo(
+            image,
+            box_pixels(box, image),
+            rng,
+            blur=optics if d.not_sharp else None,
+            speculum_sharp=kind == "defocus" and bool(rng.random() < 0.5),
+        )
+        degraded, box = photo.image, _normalised(photo.cervix_box, photo.image)
+    else:
+        if scale:
+            image = rescale(image, float(np.exp(rng.uniform(np.log(0.45), 0.0))))
+        degraded = degradations.degrade(image, box_pixels(box, image), d, rng)
+    judged = jitter_box(box, rng)
+    tensor, _ = preprocess(crop(degraded, judged, CROP_MARGIN), spec)
+    values = focus_measures.features(measures, degraded, judged) if measures else np.zeros(0, np.float32)
+    return tensor, values
 
 
 def _feather_paste(background: np.ndarray, image: np.ndarray, x: int, y: int) -> np.ndarray:
@@ -216,6 +279,16 @@ def _batched(
 # ------------------------------------------------------------------------------------------ focus
 
 
+@dataclass
+class FocusSet:
+    """Focus samples: backbone features ``[M, F]`` with the classical measures appended (``[M, F + K]``),
+    labels ``[M]`` (1 = sharp) and each sample's patient (``groups``; synthetic scenes are their own)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+
+
 def focus_features(
     photos: list[Photo],
     options: TrainOptions,
@@ -224,32 +297,61 @@ def focus_features(
     seed: int,
     scale: bool,
     scenes: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``[M, F]`` and labels ``[M]`` (1 = sharp) of ``focus_variants`` draws per sharp photo, and per
-    synthetic scene of ``gateway.scenes`` (``scenes`` of them, training seeds: the look of the demo's photos)."""
-    sources: list[tuple[Photo | np.ndarray, Any]] = [
-        (p, p.box) for p in photos if p.focus == "sharp" and p.box is not None
+    device: int = 0,
+) -> FocusSet:
+    """``focus_variants`` draws per sharp photo and per synthetic scene of ``gateway.scenes`` (``scenes`` of
+    them, training seeds: the look of the demo's photos), then ``device`` device-like draws per sharp photo."""
+    sources: list[tuple[Photo | np.ndarray, Any, str]] = [
+        (p, p.box, p.case) for p in photos if p.focus == "sharp" and p.box is not None
     ]
+    photo_count = len(sources)
     for i in range(scenes):
         s = dataset.scene(dataset.TRAIN_SCENE_SEEDS + 3000 + i, cervix=True, stage_index=i)
-        sources.append((s.image, s.cervix_box))
+        sources.append((s.image, s.cervix_box, f"scene-{i}"))
     n = options.focus_variants
-    labels = np.array([FOCUS_KINDS[i % n % len(FOCUS_KINDS)] == "sharp" for i in range(len(sources) * n)], np.float32)
+    jobs = [(k, FOCUS_KINDS[v % len(FOCUS_KINDS)], False) for k in range(len(sources)) for v in range(n)]
+    jobs += [(k, DEVICE_KINDS[v % len(DEVICE_KINDS)], True) for k in range(photo_count) for v in range(device)]
+    count = len(focus_measures.FEATURE_SETS[options.measures][0]) if options.measures else 0
+    measures = np.zeros((len(jobs), count), np.float32)
 
     def make(i: int) -> np.ndarray:
-        (source, box), v = sources[i // n], i % n
+        k, kind, on_device = jobs[i]
+        source, box, _ = sources[k]
         rng = np.random.default_rng([seed, i])
         image = source.image if isinstance(source, Photo) else source
-        return focus_sample(image, box, FOCUS_KINDS[v % len(FOCUS_KINDS)], rng, extractor.spec, scale)
+        tensor, measures[i] = focus_sample(image, box, kind, rng, extractor.spec, scale, options.measures, on_device)
+        return tensor
 
-    (features,) = _batched(make, len(sources) * n, extractor, progress, "focus features")
-    return features, labels
+    (features,) = _batched(make, len(jobs), extractor, progress, "focus features")
+    labels = np.array([kind == "sharp" for _, kind, _ in jobs], np.float32)
+    groups = np.array([sources[k][2] for k, _, _ in jobs])
+    return FocusSet(np.concatenate([features, measures], axis=1), labels, groups)
 
 
-def train_focus_head(features: np.ndarray, labels: np.ndarray, options: TrainOptions) -> model.FocusHead:
+def cached_focus_features(
+    options: TrainOptions, photos: list[Photo], extractor: _Extractor, progress: BuildProgress
+) -> FocusSet:
+    """``focus_features`` of the training photos (30 scenes, ``device_variants`` device-like draws), through
+    ``options.focus_cache`` when it holds the same samples."""
+    cache, key = options.focus_cache, options.focus_key()
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as stored:
+            if str(stored["key"]) == key:
+                log.info("focus_features_cached", path=str(cache), key=key)
+                return FocusSet(stored["x"], stored["y"], stored["groups"])
+    data = focus_features(photos, options, extractor, progress, options.seed, True, 30, options.device_variants)
+    if cache is not None:
+        np.savez(cache, x=data.x, y=data.y, groups=data.groups, key=np.array(key))
+    return data
+
+
+def train_focus_head(
+    features: np.ndarray, labels: np.ndarray, options: TrainOptions, measures: int = 0
+) -> model.FocusHead:
+    """The head on ``features`` (the last ``measures`` columns are classical measures)."""
     torch.manual_seed(options.seed)
     x, y = torch.from_numpy(features), torch.from_numpy(labels).long()
-    head = model.FocusHead()
+    head = model.FocusHead(features=features.shape[1] - measures, measures=measures)
     head.set_standardisation(x)
     optimiser = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=0.1)
     generator = torch.Generator().manual_seed(options.seed)
@@ -264,6 +366,58 @@ def train_focus_head(features: np.ndarray, labels: np.ndarray, options: TrainOpt
     head.eval()
     log.info("focus_head_trained", loss=round(loss.item(), 4), samples=len(y))
     return head
+
+
+def cross_validated(data: FocusSet, options: TrainOptions, measures: int, folds: int = CV_FOLDS) -> np.ndarray:
+    """Out-of-fold sharp probabilities: the patients (groups) are dealt into ``folds`` folds (seeded); each fold
+    is scored by a head trained on the others."""
+    cases = sorted(set(data.groups.tolist()))
+    order = np.random.default_rng(options.seed).permutation(len(cases))
+    fold_of = {cases[j]: rank % folds for rank, j in enumerate(order)}
+    fold = np.array([fold_of[g] for g in data.groups.tolist()])
+    scores = np.zeros(len(data.y))
+    for k in range(folds):
+        held = fold == k
+        head = train_focus_head(data.x[~held], data.y[~held], options, measures)
+        scores[held] = sharp_probability(head, data.x[held])
+    return scores
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    threshold: float
+    """Raw sharp probability at and above which a photo is sharp (the policy's 0.5)."""
+    recapture: float
+    """Below it a photo is recaptured; between it and ``threshold`` it is accepted as borderline."""
+    facts: dict[str, float]
+
+
+def operating_point(scores: np.ndarray, sharp: np.ndarray) -> OperatingPoint:
+    """The rule, written before any run it sets (issue 12 item 5), on out-of-fold scores of the training patients:
+
+    * s5 = the 5th percentile of the sharp draws' scores (at least 95 % of sharp photos accepted),
+      b98 = the 98th percentile of the blurred draws' (at least 98 % of blurred photos recaptured);
+    * recapture below R = (b98 + s5) / 2 when b98 < s5 (both targets, with equal room either side), else R = s5
+      (the acceptance target holds and the recall falls short: reported);
+    * the borderline band's top T = the 99.5th percentile of the blurred draws' scores, at least R + 0.01: the
+      blurred photos accepted are flagged ``borderline_focus``, not passed as sharp.
+    """
+    s5 = float(np.quantile(scores[sharp], 1.0 - ACCEPT_TARGET))
+    b98 = float(np.quantile(scores[~sharp], RECALL_TARGET))
+    b995 = float(np.quantile(scores[~sharp], BAND_TOP))
+    recapture = (b98 + s5) / 2 if b98 < s5 else s5
+    recapture = float(np.clip(recapture, 0.01, 0.98))
+    threshold = float(np.clip(max(b995, recapture + 0.01), 0.02, 0.99))
+    facts = {
+        "cv_sharp_accepted": float(np.mean(scores[sharp] >= recapture)),
+        "cv_blurred_recaptured": float(np.mean(scores[~sharp] < recapture)),
+        "cv_sharp_borderline": float(np.mean((scores[sharp] >= recapture) & (scores[sharp] < threshold))),
+        "cv_blurred_borderline": float(np.mean((scores[~sharp] >= recapture) & (scores[~sharp] < threshold))),
+        "s5": s5,
+        "b98": b98,
+        "b995": b995,
+    }
+    return OperatingPoint(threshold, recapture, facts)
 
 
 def sharp_probability(head: model.FocusHead, features: np.ndarray) -> np.ndarray:
@@ -457,31 +611,41 @@ def run(options: TrainOptions) -> int:
     options.out.mkdir(parents=True, exist_ok=True)
     fspec, dspec = focus_input(), detector_input()
 
+    measures = len(focus_measures.FEATURE_SETS[options.measures][0]) if options.measures else 0
     with tempfile.TemporaryDirectory() as tmp:
         focus_features_net = model.FocusFeatures(FOCUS_SIZE)
         extractor = _Extractor(focus_features_net, fspec, ["features"], Path(tmp))
-        x, y = focus_features(train_photos, options, extractor, progress, options.seed, scale=True, scenes=30)
-        head = train_focus_head(x, y, options)
-        # calibration draw on the validation patients (its own seed; evaluation draws again, with another)
-        calibration = TrainOptions(options.data, options.out, options.seed, focus_variants=12)
-        vx, vy = focus_features(val_photos, calibration, extractor, progress, options.seed + 1000, scale=False)
-        vp = sharp_probability(head, vx)
-        focus_threshold = specificity_threshold(vp[vy == 1], options.focus_specificity)
-        log.info("focus_threshold", threshold=round(focus_threshold, 4))
+        data = cached_focus_features(options, train_photos, extractor, progress)
+        # the operating point: cross-validated across the training patients (validation patients only measure)
+        scores = cross_validated(data, options, measures)
+        point = operating_point(scores, data.y == 1)
+        log.info("focus_operating_point", threshold=round(point.threshold, 4), recapture=round(point.recapture, 4))
+        head = train_focus_head(data.x, data.y, options, measures)
+        if options.keep_detector is None:
+            det_extractor = _Extractor(model.DetectorFeatures(DETECTOR_SIZE), dspec, ["c4", "c5"], Path(tmp))
+            cached, labels, targets = detector_data(train_photos, options, det_extractor, progress)
+            det_head = train_detector_head(cached, labels, targets, options, progress)
 
-        det_extractor = _Extractor(model.DetectorFeatures(DETECTOR_SIZE), dspec, ["c4", "c5"], Path(tmp))
-        cached, labels, targets = detector_data(train_photos, options, det_extractor, progress)
-        det_head = train_detector_head(cached, labels, targets, options, progress)
-
-    focus_net = model.FocusNet(focus_features_net, head).eval()
-    detector_net = model.DetectorNet(model.DetectorFeatures(DETECTOR_SIZE), det_head).eval()
-    focus_path = options.out / f"{FOCUS_NAME}-{VERSION}.onnx"
-    detector_path = options.out / f"{DETECTOR_NAME}-{VERSION}.onnx"
-    export.export_onnx(focus_net, focus_path, fspec, ["logits"])
-    export.export_onnx(detector_net, detector_path, dspec, ["cls_logits", "bbox_regression"])
-    parity = max(
-        export.check_parity(focus_net, focus_path, fspec), export.check_parity(detector_net, detector_path, dspec)
-    )
+    extra = {MEASURES_INPUT: measures} if measures else {}
+    focus_net: torch.nn.Module = (
+        model.FusedFocusNet(focus_features_net, head) if measures else model.FocusNet(focus_features_net, head)
+    ).eval()
+    focus_path = options.out / f"{FOCUS_NAME}-{FOCUS_VERSION}.onnx"
+    export.export_onnx(focus_net, focus_path, fspec, ["logits"], extra)
+    parity = export.check_parity(focus_net, focus_path, fspec, extra=extra)
+    if options.keep_detector is None:
+        detector_net = model.DetectorNet(model.DetectorFeatures(DETECTOR_SIZE), det_head).eval()
+        detector_path = options.out / f"{DETECTOR_NAME}-{VERSION}.onnx"
+        export.export_onnx(detector_net, detector_path, dspec, ["cls_logits", "bbox_regression"])
+        parity = max(parity, export.check_parity(detector_net, detector_path, dspec))
+    else:
+        kept = load_manifest(options.keep_detector)
+        kept_spec = kept.for_task("cervix_detector")
+        if kept_spec is None:
+            raise ValueError(f"{options.keep_detector} has no cervix_detector")
+        detector_path = options.out / kept.onnx_path(kept_spec).name
+        if kept.onnx_path(kept_spec).resolve() != detector_path.resolve():
+            shutil.copyfile(kept.onnx_path(kept_spec), detector_path)
 
     pos = detector_scores(detector_path, dspec, [p.image for p in val_photos if p.box is not None])
     neg = detector_scores(detector_path, dspec, [im for _, im in dataset.negatives(validation=True)])
@@ -529,16 +693,19 @@ def run(options: TrainOptions) -> int:
         ),
         export.entry(
             FOCUS_NAME,
-            VERSION,
+            FOCUS_VERSION,
             "focus_classifier",
             focus_path,
             fspec,
             [{"role": "logits", "name": "logits", "shape": [-1, 2], "meaning": "[not_sharp, sharp] logits (softmax)"}],
             labels=["not_sharp", "sharp"],
-            threshold=round(focus_threshold, 4),
+            threshold=round(point.threshold, 4),
+            recapture_threshold=round(point.recapture, 4),
             crop_margin=CROP_MARGIN,
         ),
     ]
+    if measures:
+        entries[1]["measures"] = {"name": MEASURES_INPUT, "set": options.measures, "count": measures}
     manifest_path = options.out / "manifest.yaml"
     provisional = {"summary": "provisional", "data": data_text, "split": split.describe(), "metrics": {}}
     for e in entries:
@@ -555,7 +722,9 @@ def run(options: TrainOptions) -> int:
     )
     entries[1]["card"] = _card(
         "focus classifier on the cervix crop: features pooled from every stage of a frozen ImageNet "
-        "EfficientNet-Lite0, small MLP head (not the paper's focus RetinaNet)",
+        "EfficientNet-Lite0"
+        + (f", fused with the classical focus measures {options.measures} (second input)" if measures else "")
+        + ", small MLP head (not the paper's focus RetinaNet)",
         data_text + "; not-sharp examples made by the degradation model (gateway/training/degradations.py)",
         split.describe(),
         report.focus_metrics(),
@@ -570,7 +739,9 @@ def run(options: TrainOptions) -> int:
         "seed": options.seed,
         "minutes": round(minutes, 1),
         "parity": parity,
-        "focus_threshold": focus_threshold,
+        "focus_threshold": point.threshold,
+        "focus_recapture_threshold": point.recapture,
+        "operating_point": point.facts,
         "detector_threshold": detector_threshold,
         "focus_ops": export.ops(focus_path),
         "detector_ops": export.ops(detector_path),

@@ -1,0 +1,66 @@
+"""The classical focus measures of gateway.focus_measures, on synthetic colposcope scenes blurred both ways."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from gateway.focus_measures import blur_type, directional_ratio, glare_and_marks
+from gateway.scenes import Blur, SceneSpec, render
+
+W, H = 1200, 900
+
+
+def scene(seed: int, blur: Blur = "none", fraction: float = 0.0) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A scene, blurred by ``fraction`` of its cervix width (disk radius or motion length), JPEG at 90."""
+    sharp = render(SceneSpec(W, H, seed=seed))
+    assert sharp.cervix_box is not None
+    if blur != "none":
+        width = (sharp.cervix_box[2] - sharp.cervix_box[0]) * W
+        sharp = render(SceneSpec(W, H, seed=seed, blur=blur, blur_px=fraction * width))
+    ok, data = cv2.imencode(".jpg", sharp.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok and sharp.cervix_box is not None
+    return cv2.imdecode(data, cv2.IMREAD_COLOR), sharp.cervix_box
+
+
+def marked(image: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
+    """Crisp drawn marks on the cervix, as atlas photos carry: a green arrow, a yellow outline, white text."""
+    out = image.copy()
+    x0, y0, x1, y1 = (int(v * s) for v, s in zip(box, (W, H, W, H), strict=True))
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    cv2.arrowedLine(out, (x0 + 10, y0 + 10), (cx, cy), (0, 255, 0), 3, cv2.LINE_AA)
+    cv2.ellipse(out, (cx, cy), ((x1 - x0) // 5, (y1 - y0) // 6), 0, 0, 360, (0, 255, 255), 2, cv2.LINE_AA)
+    cv2.putText(out, "X12 10:41", (x0, y1 - 10), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("fraction", [0.015, 0.05])
+def test_motion_blur_is_motion(seed: int, fraction: float) -> None:
+    image, box = scene(seed, "motion", fraction)
+    assert blur_type(image, box) == "motion"
+    assert blur_type(marked(image, box), box) == "motion"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize(("blur", "fraction"), [("defocus", 0.006), ("defocus", 0.02), ("cervix_defocus", 0.015)])
+def test_defocus_and_blur_confined_to_the_cervix_are_defocus(seed: int, blur: Blur, fraction: float) -> None:
+    image, box = scene(seed, blur, fraction)
+    assert blur_type(image, box) == "defocus"
+    assert blur_type(marked(image, box), box) == "defocus"
+
+
+def test_the_ratio_falls_with_motion_and_not_with_defocus() -> None:
+    ratios = {kind: directional_ratio(scene(5, kind, f)[0]) for kind, f in (("motion", 0.03), ("defocus", 0.015))}
+    sharp = directional_ratio(scene(5)[0])
+    assert ratios["motion"] < 0.8 <= min(sharp, ratios["defocus"]), (ratios, sharp)
+
+
+def test_glare_and_marks_are_masked_and_tissue_is_not() -> None:
+    image, box = scene(0)
+    drawn = marked(image, box)
+    mask = glare_and_marks(drawn)
+    changed = np.abs(drawn.astype(int) - image.astype(int)).max(axis=2) > 60
+    assert mask[changed].mean() > 0.7  # the strokes (their anti-aliased edges excepted)
+    assert mask[~changed].mean() < 0.05  # the tissue, apart from its own glints
