@@ -124,8 +124,9 @@ class DecodeConfig(_Section):
     memory_wait_s: float = Field(
         default=10,
         ge=0,
-        le=300,
-        description="How long a photo waits for room in memory_budget_bytes before it is answered busy",
+        le=30,
+        description="How long a photo waits for room in memory_budget_bytes before it is answered busy (at most 30:"
+        " a waiting worker does not beat the unit's 60 s watchdog)",
     )
 
     @field_validator("memory_budget_bytes")

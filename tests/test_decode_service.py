@@ -11,14 +11,15 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config import GatewayConfig, parse_config
 from gateway.decode import DecodeLimits, plan
-from gateway.judge import build_judge
+from gateway.judge import Judge, build_judge
 from gateway.scenes import SceneSpec, encode_jpeg, render
 from gateway.service import GatewayService
 from tests.conftest import Broker, Recorder, make_recorder
@@ -53,6 +54,17 @@ def service_yaml(broker: Broker, tmp_path: Path, *, workers: int, decode: dict[s
     )
 
 
+@contextmanager
+def running(config: GatewayConfig, judge: Judge | None = None) -> Iterator[GatewayService]:
+    service = GatewayService(config, judge or build_judge(config))
+    service.start()
+    try:
+        assert service.connected.wait(10)
+        yield service
+    finally:
+        service.stop()
+
+
 def send_bombs_and_an_honest_photo(recorder: Recorder, bomb: bytes, honest: bytes, bombs: int) -> None:
     for n in range(bombs):
         recorder.publish(BOMB_DEVICE, bomb, props(f"bomb-{n}"))
@@ -78,6 +90,11 @@ def judged_black(verdict: dict[str, Any]) -> bool:
     return verdict["verdict"] != "error" and {"cervix_not_found", "too_dark"} <= set(verdict["reasons"])
 
 
+def short_of_memory(verdict: dict[str, Any]) -> bool:
+    """Answered busy because the decode budget stayed full for memory_wait_s."""
+    return verdict["reasons"] == ["busy"] and "short of memory" in verdict["detail"] and verdict["retry_after_ms"] > 0
+
+
 # ----------------------------------------------------------------------------------------------- memory bombs
 
 
@@ -87,14 +104,9 @@ def test_a_memory_bomb_under_the_pixel_limit_is_too_large_and_the_honest_photo_i
     """With the default limits: 7071x7071 16-bit RGBA passes max_pixels and max_payload_bytes, and is refused from
     its header for the memory its decode would take."""
     config = parse_config(service_yaml(broker, tmp_path, workers=2, decode={}), "<test>")
-    service = GatewayService(config, build_judge(config))
-    service.start()
-    try:
-        assert service.connected.wait(10)
+    with running(config):
         send_bombs_and_an_honest_photo(recorder, bomb, honest_jpeg, bombs=3)
         verdicts = {v["image_id"]: v for v in verdicts_in_order(recorder, 4, 60)}
-    finally:
-        service.stop()
     for n in range(3):
         assert (verdicts[f"bomb-{n}"]["verdict"], verdicts[f"bomb-{n}"]["reasons"]) == ("error", ["too_large"])
         assert "7071x7071" in verdicts[f"bomb-{n}"]["detail"]
@@ -107,21 +119,17 @@ def test_memory_bombs_share_the_budget_and_an_honest_photo_is_judged_meanwhile(
     """Bombs allowed per photo, a budget for two at once, four workers: the bombs are judged two at a time, the
     decoders never hold more than the budget, and the honest photo does not wait for the bombs."""
     cost = bomb_cost(bomb)
-    decode = {"max_decoded_bytes": cost, "memory_budget_bytes": 2 * cost + cost // 2, "memory_wait_s": 120}
+    decode = {"max_decoded_bytes": cost, "memory_budget_bytes": 2 * cost + cost // 2, "memory_wait_s": 30}
     config = parse_config(service_yaml(broker, tmp_path, workers=4, decode=decode), "<test>")
     judge = build_judge(config)
-    service = GatewayService(config, judge)
-    service.start()
-    try:
-        assert service.connected.wait(10)
+    with running(config, judge):
         send_bombs_and_an_honest_photo(recorder, bomb, honest_jpeg, bombs=5)
         verdicts = verdicts_in_order(recorder, 6, 300)
-    finally:
-        service.stop()
     by_id = {v["image_id"]: v for v in verdicts}
     assert set(by_id) == {"honest", *(f"bomb-{n}" for n in range(5))}
-    for n in range(5):
-        assert judged_black(by_id[f"bomb-{n}"]), by_id[f"bomb-{n}"]
+    bombs = [by_id[f"bomb-{n}"] for n in range(5)]
+    assert all(judged_black(v) or short_of_memory(v) for v in bombs), bombs
+    assert sum(map(judged_black, bombs)) >= 3, bombs  # two at once, then more as room is given back
     assert by_id["honest"]["verdict"] == "accept"
     order = [v["image_id"] for v in verdicts]
     assert order.index("honest") < len(order) - 1, order  # answered while bombs were still being judged
@@ -136,20 +144,15 @@ def test_a_bomb_that_finds_no_room_in_time_is_answered_busy(
     cost = bomb_cost(bomb)
     decode = {"max_decoded_bytes": cost, "memory_budget_bytes": cost, "memory_wait_s": 0}
     config = parse_config(service_yaml(broker, tmp_path, workers=2, decode=decode), "<test>")
-    service = GatewayService(config, build_judge(config))
-    service.start()
-    try:
-        assert service.connected.wait(10)
+    with running(config):
         send_bombs_and_an_honest_photo(recorder, bomb, honest_jpeg, bombs=2)
         verdicts = {v["image_id"]: v for v in verdicts_in_order(recorder, 3, 120)}
-    finally:
-        service.stop()
-    assert sorted(judged_black(verdicts[f"bomb-{n}"]) for n in range(2)) == [False, True]
-    busy = next(verdicts[f"bomb-{n}"] for n in range(2) if verdicts[f"bomb-{n}"]["verdict"] == "error")
-    assert busy["retry_after_ms"] == config.processing.busy_retry_after_ms and "memory" in busy["detail"]
-    assert verdicts["honest"]["verdict"] in ("accept", "error")  # fits only while no bomb holds the budget
-    if verdicts["honest"]["verdict"] == "error":
-        assert verdicts["honest"]["reasons"] == ["busy"]
+    bombs = [verdicts[f"bomb-{n}"] for n in range(2)]
+    assert sorted(map(judged_black, bombs)) == [False, True], bombs
+    busy = next(v for v in bombs if not judged_black(v))
+    assert short_of_memory(busy) and busy["retry_after_ms"] == config.processing.busy_retry_after_ms
+    # the honest photo fits only while no bomb holds the whole budget
+    assert verdicts["honest"]["verdict"] == "accept" or short_of_memory(verdicts["honest"])
 
 
 # ----------------------------------------------------------------------------------------------- memory cgroup
@@ -213,7 +216,7 @@ def test_memory_bombs_do_not_get_the_gateway_oom_killed(
     """The gateway as its own process under a 1.5 GiB memory limit, four workers, six bombs at once: before the
     budget (0.6 GB a bomb, unbounded) it was OOM-killed and the honest photo never judged."""
     cost = bomb_cost(bomb)
-    decode = {"max_decoded_bytes": cost, "memory_budget_bytes": 2 * cost, "memory_wait_s": 120}
+    decode = {"max_decoded_bytes": cost, "memory_budget_bytes": 2 * cost, "memory_wait_s": 30}
     config = tmp_path / "gateway.yaml"
     config.write_text(service_yaml(broker, tmp_path, workers=4, decode=decode))
     procs = memory_cgroup / "cgroup.procs"
@@ -236,7 +239,9 @@ def test_memory_bombs_do_not_get_the_gateway_oom_killed(
         assert gateway.poll() is None, f"the gateway died (exit {gateway.returncode}): OOM-killed in its cgroup"
         verdicts = {v["image_id"]: v for v in verdicts_so_far(recorder)}
         assert set(verdicts) == {"honest", *(f"bomb-{n}" for n in range(6))}
-        assert all(judged_black(verdicts[f"bomb-{n}"]) for n in range(6)), verdicts
+        bombs = [verdicts[f"bomb-{n}"] for n in range(6)]
+        assert all(judged_black(v) or short_of_memory(v) for v in bombs), bombs
+        assert sum(map(judged_black, bombs)) >= 3, bombs
         assert verdicts["honest"]["verdict"] == "accept"
         print(f"\ncgroup peak {_peak_bytes(memory_cgroup) / 2**20:.0f} MiB, budget {2 * cost / 2**20:.0f} MiB")
     finally:
@@ -259,20 +264,15 @@ def test_jpegs_with_hidden_damage_get_undecodable_and_the_intact_one_is_judged(
     tmp_path: Path, broker: Broker, recorder: Recorder, honest_jpeg: bytes
 ) -> None:
     config = parse_config(service_yaml(broker, tmp_path, workers=2, decode={}), "<test>")
-    service = GatewayService(config, build_judge(config))
-    service.start()
     damaged = {
         f"{mode}-{int(fraction * 100)}": hide_damage(honest_jpeg, fraction, mode, seed)
         for seed, (mode, fraction) in enumerate([("zeroed", 0.2), ("cut", 0.2), ("zeroed", 0.6), ("cut", 0.6)])
     }
-    try:
-        assert service.connected.wait(10)
+    with running(config):
         for image_id, payload in damaged.items():
             recorder.publish(HONEST_DEVICE, payload, props(image_id))
         recorder.publish(HONEST_DEVICE, honest_jpeg, props("intact"))
         verdicts = {v["image_id"]: v for v in verdicts_in_order(recorder, 5, 60)}
-    finally:
-        service.stop()
     for image_id in damaged:
         assert (verdicts[image_id]["verdict"], verdicts[image_id]["reasons"]) == ("error", ["undecodable"]), image_id
         assert "damaged" in verdicts[image_id]["detail"]
