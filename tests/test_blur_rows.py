@@ -79,9 +79,8 @@ def test_verdicts_are_counted_as_the_device_sees_them() -> None:
     assert everything["n"] == 4 and everything["accept"]["k"] == 1
     sharp = s["rows"]["sharp"]
     assert sharp["accept"]["k"] == 2 and sharp["accept_borderline"]["k"] == 1 and sharp["recapture"]["k"] == 1
-    # the contract has no blur type yet: the row says n/a
-    assert "blur_type_right" not in disk
-    assert "n/a" in report.table()
+    # the contract has the blur types (motion_blur, defocus): a blurred verdict without one is a wrong type
+    assert (disk["blur_type_right"]["k"], disk["blur_type_right"]["n"]) == (0, 3)
     json.dumps(report.to_json())
 
 
