@@ -8,6 +8,9 @@ import numpy as np
 from gateway.protocol import VerdictMessage
 
 _COLOURS = {"accept": (60, 180, 60), "recapture": (0, 140, 255), "error": (0, 0, 220)}  # BGR
+_PANEL = (0, 0, 0)
+_TEXT = (255, 255, 255)
+"""White on an opaque black panel: readable on any photo; a stripe of the verdict's colour keeps the colour code."""
 
 
 def annotate(image: np.ndarray, verdict: VerdictMessage) -> np.ndarray:
@@ -21,8 +24,14 @@ def annotate(image: np.ndarray, verdict: VerdictMessage) -> np.ndarray:
     focus = f"sharp p={verdict.focus.sharp_probability:.2f}" if verdict.focus else "focus n/a"
     lines = [f"{verdict.verdict.upper()}  {focus}", ", ".join(str(r) for r in verdict.reasons) or "no issues"]
     scale = max(0.5, max(h, w) / 1400)
+    font, weight = cv2.FONT_HERSHEY_SIMPLEX, max(1, thick - 1)
+    step = round(34 * scale)
+    stripe, pad = thick * 3, thick * 2
+    text_w = max(cv2.getTextSize(text, font, scale, weight)[0][0] for text in lines)
+    panel_w, panel_h = stripe + 2 * pad + text_w, len(lines) * step + 2 * pad
+    cv2.rectangle(out, (0, 0), (panel_w, panel_h), _PANEL, cv2.FILLED)
+    cv2.rectangle(out, (0, 0), (stripe, panel_h), colour, cv2.FILLED)
     for n, text in enumerate(lines):
-        org = (thick * 4, round((n + 1) * 34 * scale))
-        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 3, cv2.LINE_AA)
-        cv2.putText(out, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+        org = (stripe + pad, pad + (n + 1) * step - round(8 * scale))
+        cv2.putText(out, text, org, font, scale, _TEXT, weight, cv2.LINE_AA)
     return np.asarray(out)

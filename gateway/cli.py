@@ -75,23 +75,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     import cv2
 
     from gateway.annotate import annotate
-    from gateway.judge import PhotoRequest, build_judge
+    from gateway.check import annotation_names, expand, judge_files
+    from gateway.judge import build_judge
 
     config = _config(args)
     judge = build_judge(config)
+    files = expand(args.files)
     if args.annotate:
         args.annotate.mkdir(parents=True, exist_ok=True)
     failed = 0
     if not args.json:
         print(f"{'file':40} {'verdict':10} {'sharp p':>8} {'cervix':>7} {'ms':>7}  reasons")
-    for path in args.files:
-        try:
-            payload = path.read_bytes()
-        except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+    judged_files = judge_files(judge, files, config.processing.worker_count())
+    for (path, judged), name in zip(judged_files, annotation_names(files), strict=True):
+        if isinstance(judged, OSError):
+            print(f"{path}: cannot read: {judged.strerror}", file=sys.stderr)
             failed += 1
             continue
-        judged = judge.judge(PhotoRequest("local", "local", path.name, payload, in_run=False))
         v = judged.verdict
         if args.json:
             print(v.model_dump_json(by_alias=True), flush=True)
@@ -101,7 +101,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             reasons = ", ".join(str(r) for r in v.reasons) + (f" ({v.detail})" if v.detail else "")
             print(f"{path.name[:40]:40} {v.verdict!s:10} {p:>8} {found:>7} {v.timings_ms['total']:7.1f}  {reasons}")
         if args.annotate and judged.image is not None:
-            cv2.imwrite(str(args.annotate / f"{path.stem}.jpg"), annotate(judged.image, v))
+            cv2.imwrite(str(args.annotate / name), annotate(judged.image, v))
     judge.pipeline.slot.close()  # a one-off check does not leave an engine build running
     return 1 if failed else 0
 
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="judge photo files offline with the same pipeline")
-    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument("files", nargs="+", type=Path, help="image files, or folders of them")
     check.add_argument("--config", type=Path)
     check.add_argument("--json", action="store_true", help="one verdict JSON object per file, in input order")
     check.add_argument("--annotate", type=Path, metavar="DIR", help="write each photo with its verdict drawn on it")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.check import image_files
 from gateway.client import GatewayClient, SubmitTimeout
 from gateway.protocol import VerdictMessage
 
@@ -64,8 +65,7 @@ def fresh_run_id() -> str:
 
 
 def folder_photos(folder: Path) -> list[Photo]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return [Photo(p.name, p.read_bytes()) for p in files]
+    return [Photo(p.name, p.read_bytes()) for p in image_files(folder)]
 
 
 def generated_photos(width: int = 1600, height: int = 1200) -> list[Photo]:

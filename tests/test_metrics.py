@@ -96,7 +96,13 @@ def test_metrics_count_photos_and_verdicts_and_readyz_follows_the_broker(tmp_pat
         recorder.client.disconnect()
         recorder.client.loop_stop()
 
-        got = samples(service.metrics_port)
+        deadline = time.monotonic() + 10  # a verdict is counted just after it is published: allow for that
+        while True:
+            got = samples(service.metrics_port)
+            counted = sum(v for (name, _), v in got.items() if name == "colpo_gateway_verdicts_total")
+            if counted >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
 
         def value(name: str, **labels: str) -> float:
             return got[(name, frozenset(labels.items()))]

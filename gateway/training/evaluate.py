@@ -210,19 +210,25 @@ def laplacian_variance(image: np.ndarray, box: Box | None, margin: float = 0.1) 
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
-def fit_laplacian(photos: list[Photo], seed: int, variants: int = 8) -> float:
+def fit_laplacian(photos: list[Photo], seed: int, variants: int = 8, progress: BuildProgress | None = None) -> float:
     """The variance-of-Laplacian threshold (sharp at or above) by Youden's J on synthetic draws of the training
-    patients' sharp photos, cropped at their labelled boxes."""
+    patients' sharp photos, cropped at their labelled boxes; ``progress`` gets a ``baseline`` phase."""
     kinds: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
     sharp_scores: list[float] = []
     blurred_scores: list[float] = []
     boxed = [(p, p.box) for p in photos if p.focus == "sharp" and p.box is not None]
+    if progress is not None:
+        progress.phase_start("baseline", "prepare", len(boxed))
     for i, (p, box) in enumerate(boxed):
+        if progress is not None:
+            progress.step_complete("baseline", i - 1)  # shown while the photo's draws are computed
         for v in range(variants):
             rng = np.random.default_rng([seed, 3000, i, v])
             kind = kinds[v % len(kinds)]
             image = degradations.degrade(p.image, box_pixels(box, p.image), degradations.sample(kind, rng), rng)
             (sharp_scores if kind == "sharp" else blurred_scores).append(math.log1p(laplacian_variance(image, box)))
+    if progress is not None:
+        progress.phase_finish("baseline")
     values = np.unique(sharp_scores + blurred_scores)
     best, best_j = float(values[0]), -1.0
     for t in (values[:-1] + values[1:]) / 2:
@@ -466,13 +472,18 @@ def evaluate(
     add the independent blur generator's rows, ``draws`` per photo, judged as ``config`` (default: defaults)
     says."""
     progress = progress or BuildProgress("evaluate", interval_s=15.0)
+    progress.phase_start("prepare", None, 3)  # shown at once: the models, the photos and the baseline take a while
     backend = onnx_backend(manifest_path)
+    progress.step_complete("prepare", 0)
     photos = dataset.load_photos(data)
     split = dataset.patient_split(photos, seed)
     held = photos if all_patients else [p for p in photos if p.case in split.validation]
     train = [p for p in photos if p.case in split.train]
     report = Report(patients="all" if all_patients else "validation")
-    report.laplacian_threshold = fit_laplacian(train, seed) if train and not all_patients else fit_laplacian(held, seed)
+    progress.step_complete("prepare", 1)
+    baseline_photos = train if train and not all_patients else held
+    report.laplacian_threshold = fit_laplacian(baseline_photos, seed, progress=progress)
+    progress.phase_finish("prepare")
 
     def judge(image: np.ndarray) -> tuple[float, bool, float, Box | None, bool, float, float]:
         t0 = time.perf_counter()
