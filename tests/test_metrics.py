@@ -82,7 +82,7 @@ def test_metrics_count_photos_and_verdicts_and_readyz_follows_the_broker(tmp_pat
         assert service.metrics_port
         base = f"http://127.0.0.1:{service.metrics_port}"
         assert get(f"{base}/healthz") == (200, "alive\n")
-        assert "not connected" in wait_status(f"{base}/readyz", 503)  # no broker yet
+        assert "waiting for broker at" in wait_status(f"{base}/readyz", 503)  # no broker yet
         assert samples(service.metrics_port)[("colpo_gateway_broker_connected", frozenset())] == 0
 
         broker = start_mosquitto(tmp_path / "broker", port=port)
@@ -120,7 +120,7 @@ def test_metrics_count_photos_and_verdicts_and_readyz_follows_the_broker(tmp_pat
         assert value("colpo_gateway_queue_depth") == 0
 
         broker.stop()
-        assert "not connected" in wait_status(f"{base}/readyz", 503)
+        assert "waiting for broker at" in wait_status(f"{base}/readyz", 503)
         assert get(f"{base}/healthz")[0] == 200
         assert get(f"{base}/nothing")[0] == 404
     finally:
