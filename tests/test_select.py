@@ -13,7 +13,7 @@ import pytest
 
 from gateway.backends import select as select_module
 from gateway.backends.onnxruntime import OnnxRuntime
-from gateway.backends.runtime import InferenceError, Runtime
+from gateway.backends.runtime import PlanError, Runtime
 from gateway.backends.select import select_backend
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig, parse_config
@@ -53,7 +53,7 @@ class FakeEngines:
 
     def open(self, plan: Path) -> Runtime:
         if plan in self.unloadable:
-            raise InferenceError(f"{plan.name}: Version tag does not match")
+            raise PlanError(f"{plan.name}: Version tag does not match")
         return OnnxRuntime(plan)
 
     def discard(self, plan: Path) -> None:

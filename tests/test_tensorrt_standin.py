@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 from gateway.backends.runtime import InferenceError
+from gateway.backends.select import select_backend
 from gateway.backends.settings import ModelsConfig
 from gateway.config import GatewayConfig, parse_config
 from gateway.doctor import run_doctor
 from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.judge import PhotoRequest, build_judge
+from gateway.models.manifest import load_manifest
 from tests.onnx_models import detector_and_classifier
 from tests.standin_gpu import StandIn, standin
 
@@ -335,3 +337,45 @@ def test_a_build_past_its_time_limit_is_stopped(standin: StandIn, tmp_path: Path
         TensorRTEngines(config.models).build(config.models.manifest_path(), ["focus-classifier"])
     assert time.monotonic() - started < 90
     assert standin.events("build_cancelled")
+
+
+def test_plans_that_deserialize_but_find_no_memory_are_kept(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    plans = sorted((tmp_path / "cache").glob("*.plan"))
+    standin.set("no_exec_context")  # "cannot create an execution context (out of GPU memory?)"
+    slot = select_backend(config)
+    assert (slot.current.name, slot.state) == ("onnxruntime", "degraded")
+    assert "the cached engines do not open (" in slot.reason and "out of GPU memory?" in slot.reason
+    assert sorted((tmp_path / "cache").glob("*.plan")) == plans and len(plans) == 2
+    assert slot.wait_settled(0)  # no rebuild
+    slot.close()
+
+
+def test_plans_of_another_tensorrt_are_discarded_and_rebuilt(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    [old] = (tmp_path / "cache").glob("focus-classifier*.plan")
+    standin.set(version="10.3.1.1")
+    # the new version has other plan names: put the old plan where the new key looks, as after a JetPack upgrade
+    # that kept the version string (the case the deserialisation check is for)
+    import gateway.engines.provider as provider
+
+    engines = provider.TensorRTEngines(config.models)
+    target, _ = engines.probe()
+    assert target is not None
+    manifest = load_manifest(config.models.manifest_path())
+    for spec in manifest.models:
+        old_plan = next((tmp_path / "cache").glob(f"{spec.name}*.plan"))
+        engines.cache.plan_path(engines.key(spec, target)).write_bytes(old_plan.read_bytes())
+    slot = select_backend(config)
+    assert slot.current.name == "onnxruntime" and "stale (" in slot.reason
+    assert "Version tag does not match" in slot.reason
+    assert slot.wait_settled(300)
+    assert (slot.current.name, slot.state) == ("tensorrt", "online"), slot.reason
+    slot.close()
+    assert old.is_file()  # another key's plan is left alone

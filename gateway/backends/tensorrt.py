@@ -34,7 +34,7 @@ import pycuda.driver as cuda
 import structlog
 import tensorrt as trt
 
-from gateway.backends.runtime import InferenceError, TensorInfo
+from gateway.backends.runtime import InferenceError, PlanError, TensorInfo
 
 log = structlog.get_logger(__name__)
 
@@ -325,7 +325,7 @@ class TensorRTRuntime:
         self._engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self._engine is None:
             why = "; ".join(self._logger.errors) or "no reason given"
-            raise InferenceError(
+            raise PlanError(
                 f"{self.plan.name}: TensorRT {trt.__version__} cannot load it (built for another TensorRT or GPU?):"
                 f" {why}"
             )
