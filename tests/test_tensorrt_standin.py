@@ -379,3 +379,56 @@ def test_plans_of_another_tensorrt_are_discarded_and_rebuilt(standin: StandIn, t
     assert (slot.current.name, slot.state) == ("tensorrt", "online"), slot.reason
     slot.close()
     assert old.is_file()  # another key's plan is left alone
+
+
+def with_classifier_reference(tmp_path: Path) -> GatewayConfig:
+    """The test manifest, its classifier following its input (gain 4), with reference outputs for 4 grey crops."""
+    from gateway.backends.onnxruntime import OnnxRuntime
+    from gateway.engines.reference import write_reference
+
+    manifest_path = detector_and_classifier(tmp_path / "models", gain=4.0, bias=-1.0)
+    manifest = load_manifest(manifest_path)
+    spec = manifest.models[1]
+    greys = [np.full((40, 50, 3), level, dtype=np.uint8) for level in (30, 100, 160, 230)]
+    write_reference(manifest, spec, greys, OnnxRuntime)
+    return gateway_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("fault", "found"),
+    [("ignore_input", "row 0 (batch 1): 0."), ("swap_rows", "row 0 (batch 4): 0.")],
+)
+def test_a_plan_that_does_not_reproduce_the_fp32_reference_is_refused(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str, found: str
+) -> None:
+    from gateway.engines.command import build
+
+    config = with_classifier_reference(tmp_path)
+    standin.set(fault)
+    assert build(config, ["focus-classifier"], False) == 1
+    err = capsys.readouterr().err
+    assert "focus-classifier: build failed: the new plan does not reproduce the FP32 reference: " in err
+    assert found in err
+    assert not list((tmp_path / "cache").glob("*.plan"))
+    standin.set("")
+    assert build(config, ["focus-classifier"], True) == 0
+    out = capsys.readouterr().out
+    assert "focus-classifier: the new plan reproduces the FP32 reference (4 rows, batch 1 and batches)" in out
+
+
+def test_the_shipped_models_reference_outputs_are_theirs_and_onnxruntime_reproduces_them() -> None:
+    from gateway.backends.onnxruntime import OnnxRuntime
+    from gateway.backends.settings import REPO_MANIFEST
+    from gateway.engines.reference import check, load_reference, probabilities
+
+    manifest = load_manifest(REPO_MANIFEST)
+    for spec in manifest.models:
+        reference = load_reference(manifest, spec)
+        assert reference is not None, f"{spec.name}: no reference shipped (python -m gateway.engines.reference)"
+        p = probabilities(spec, reference.outputs)
+        assert (p >= spec.threshold).any() and (p < spec.threshold).any(), "both verdicts among the rows"
+        runtime = OnnxRuntime(manifest.onnx_path(spec))
+        try:
+            assert check(spec, reference, runtime, 4) == []
+        finally:
+            runtime.close()

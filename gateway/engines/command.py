@@ -16,6 +16,7 @@ from gateway.engines.cache import EngineCache, Target, write_atomic
 from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.engines.quantize import QuantizeError, quantize_qdq
+from gateway.engines.reference import check, load_reference, reference_path
 from gateway.models.manifest import Manifest, ManifestError, ModelSpec, check_signature, load_manifest
 
 
@@ -166,7 +167,7 @@ def _build_one(
             options = BuildOptions(models.precision, models.max_batch, models.workspace_mb, available)
             source = manifest.onnx_path(spec) if onnx is None else onnx
             plan = build_plan(source, cache.timing_cache_path(target), options, progress)
-            _verify(spec, engines, cache.plan_path(key), plan)
+            print(f"{spec.name}: {_verify(manifest, spec, engines, cache.plan_path(key), plan)}")
         except Exception as exc:
             retry_at = cache.record_failure(key, _why(exc))
             print(
@@ -184,16 +185,26 @@ def _build_one(
     return True
 
 
-def _verify(spec: ModelSpec, engines: TensorRTEngines, final: Path, plan: bytes) -> None:
-    """A new plan must load and match the manifest before it goes into the cache (raises InferenceError or
-    ManifestError); it is opened from a temporary file beside its final place."""
+def _verify(manifest: Manifest, spec: ModelSpec, engines: TensorRTEngines, final: Path, plan: bytes) -> str:
+    """A new plan must load, match the manifest and reproduce the FP32 reference outputs shipped with the model
+    before it goes into the cache (raises BuildError, InferenceError or ManifestError); it is opened from a
+    temporary file beside its final place. Returns what was checked."""
+    from gateway.engines.build import BuildError
+
+    reference = load_reference(manifest, spec)  # ValueError: made from another ONNX file
     trial = final.with_name(f".trial-{final.name}")
     write_atomic(trial, plan)
     try:
         runtime = engines.open(trial)
         try:
             check_signature(spec, shapes(runtime.inputs), shapes(runtime.outputs))
+            if reference is None:
+                return f"no reference outputs shipped ({reference_path(manifest, spec).name}): not compared with FP32"
+            problems = check(spec, reference, runtime, engines.config.max_batch)
         finally:
             runtime.close()
     finally:
         trial.unlink(missing_ok=True)
+    if problems:
+        raise BuildError(f"the new plan does not reproduce the FP32 reference: {'; '.join(problems[:4])}")
+    return f"the new plan reproduces the FP32 reference ({len(reference.images)} rows, batch 1 and batches)"
