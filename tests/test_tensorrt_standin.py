@@ -432,3 +432,92 @@ def test_the_shipped_models_reference_outputs_are_theirs_and_onnxruntime_reprodu
             assert check(spec, reference, runtime, 4) == []
         finally:
             runtime.close()
+
+
+# --- item 6: plans that tell Orins apart
+
+
+def test_plans_differ_between_orin_nano_nx_and_agx(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    spec = load_manifest(config.models.manifest_path()).models[1]
+    names = {}
+    for gpu in ("orin-nano", "orin-nx", "agx-orin"):
+        standin.set(gpu=gpu)
+        engines = TensorRTEngines(config.models)
+        target, why = engines.probe()
+        assert target is not None, why
+        assert (target.gpu_name, target.compute_capability) == ("Orin (nvgpu)", (8, 7))  # alike: the old key
+        names[gpu] = engines.key(spec, target).filename()
+        assert build(config, ["focus-classifier"], False) == 0
+        assert "focus-classifier: built " in capsys.readouterr().out  # not "up to date" with another Orin's plan
+    assert len(set(names.values())) == 3
+    # an Orin NX 8GB and an Orin Nano 8GB have the same multiprocessors and memory: the board tells them apart
+    import gateway.backends.tensorrt as trt_backend
+
+    standin.set(gpu="orin-nano")
+    boards = {}
+    for board in ("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit", "NVIDIA Jetson Orin NX 8GB"):
+        (tmp_path / "model").write_bytes(board.encode() + b"\0")
+        monkeypatch.setattr(trt_backend, "BOARD_MODEL", tmp_path / "model")
+        target, _ = TensorRTEngines(config.models).probe()
+        assert target is not None and target.device.startswith(board)
+        boards[board] = target.slug()
+    assert len(set(boards.values())) == 2
+
+
+def test_plans_are_rebuilt_after_a_cuda_l4t_recipe_or_tensorrt_change(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gateway.backends.tensorrt as trt_backend
+    import gateway.engines.cache as cache_module
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
+    monkeypatch.setattr(trt_backend, "L4T_RELEASE", release)
+
+    def rebuilt() -> bool:
+        assert build(config, ["focus-classifier"], False) == 0
+        out = capsys.readouterr().out
+        assert ("focus-classifier: built " in out) != ("up to date" in out)
+        return "focus-classifier: built " in out
+
+    assert rebuilt()
+    assert not rebuilt()
+    assert TensorRTEngines(config.models).probe()[0].l4t == "R36.4.0"  # type: ignore[union-attr]
+    monkeypatch.setenv("STANDIN_CUDA_DRIVER", "12080")  # a CUDA upgrade
+    assert rebuilt()
+    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
+    assert rebuilt()
+    monkeypatch.setattr(cache_module, "RECIPE", "test-recipe")  # the builder changed
+    assert rebuilt()
+    assert not rebuilt()
+    standin.set(version="10.3.0.31")
+    assert rebuilt()
+
+
+def test_a_requantisation_rebuilds_the_int8_plan(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build, quantize
+
+    detector_and_classifier(tmp_path / "models", gain=4.0, bias=-1.0)
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(folder / f"p{i}.png"), rng.integers(0, 120, (40, 50, 3), dtype=np.uint8))
+    config = gateway_config(tmp_path, f", precision: int8, calibration_dir: '{folder}'")
+    assert build(config, ["focus-classifier"], False) == 0
+    assert "focus-classifier: built " in capsys.readouterr().out
+    for i in range(4):  # new photos, brighter: other quantisation ranges
+        cv2.imwrite(str(folder / f"p{i}.png"), rng.integers(100, 255, (40, 50, 3), dtype=np.uint8))
+    assert quantize(config, ["focus-classifier"], True) == 0
+    assert build(config, ["focus-classifier"], False) == 0
+    assert "focus-classifier: built " in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("focus-classifier*_int8_*.plan"))) == 2

@@ -143,9 +143,10 @@ def _build_one(
     from gateway.engines.build import BuildOptions, build_plan
 
     models, cache = config.models, engines.cache
-    key = engines.key(spec, target)
     started = time.monotonic()
     with cache.lock():
+        onnx = _qdq(config, manifest, spec, cache, False) if models.precision == "int8" else None
+        key = engines.key(spec, target)  # after the QDQ file exists: an INT8 plan's key holds its sha256
         if not force and (existing := cache.find(key)) is not None:
             print(f"{spec.name}: up to date ({existing.name})")
             return True
@@ -160,7 +161,6 @@ def _build_one(
             )
             return False
         try:
-            onnx = _qdq(config, manifest, spec, cache, False) if models.precision == "int8" else None
             progress = BuildProgress(spec.name)
             building[:] = [progress]
             available = available_memory(models.gpu)

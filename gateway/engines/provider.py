@@ -63,13 +63,15 @@ class TensorRTEngines:
             info = trt_backend.probe(self.config.gpu)
         except InferenceError as exc:
             return None, str(exc)
-        target = Target(info.tensorrt_version, info.name, info.compute_capability)
+        target = Target(
+            info.tensorrt_version, info.name, info.compute_capability, info.device(), info.cuda_driver, info.l4t
+        )
         major, minor = info.compute_capability
         kind = ", integrated" if info.integrated else ""
         return target, f"TensorRT {info.tensorrt_version} on {info.name} (sm{major}{minor}{kind})"
 
     def key(self, spec: ModelSpec, target: Target) -> PlanKey:
-        return PlanKey.of(spec, self.config.precision, self.config.max_batch, target)
+        return self.cache.key(spec, self.config.precision, self.config.max_batch, target)
 
     def cached_plan(self, spec: ModelSpec, target: Target) -> Path | None:
         return self.cache.find(self.key(spec, target))
