@@ -93,10 +93,10 @@ def own_rows(runtime: Any, feeds: list[dict[str, np.ndarray]], alone: list[dict[
 
 
 def model_checks(smoke: Smoke, manifest: Any, spec: Any, plan: Path, max_batch: int) -> None:
-    from gateway.backends.batching import BatchingRuntime
-    from gateway.backends.runtime import InferenceError
-    from gateway.backends.tensorrt import TensorRTRuntime
     from gateway.engines.reference import batch, check, load_reference
+    from gateway.runtimes.batching import BatchingRuntime
+    from gateway.runtimes.runtime import InferenceError
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     reference = load_reference(manifest, spec)
     if reference is None:

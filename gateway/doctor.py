@@ -24,11 +24,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway import __version__, allocator
-from gateway.backends import onnxruntime as ort_backend
-from gateway.backends.runtime import InferenceError, shapes
 from gateway.config import BrokerConfig, GatewayConfig, MetricsConfig
 from gateway.engines.cache import EngineCache, Target, plan_status
 from gateway.models.manifest import Manifest, ManifestError, check_signature, parse_manifest, verify_files
+from gateway.runtimes import onnxruntime as ort_backend
+from gateway.runtimes.runtime import InferenceError, shapes
 from gateway.transport import apply_credentials
 
 TargetProbe = Callable[[], tuple[Target | None, str]]

@@ -14,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
-from gateway.backends.onnxruntime import OnnxRuntime
 from gateway.backends.settings import ModelsConfig, default_cache_dir
 from gateway.engines.cache import CachedPlan, EngineCache, PlanKey, Target, plan_status
-from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.engines.quantize import QuantizeError, quantize_qdq
 from gateway.models.manifest import load_manifest
 from gateway.models.preprocess import preprocess
+from gateway.progress import BuildProgress
+from gateway.runtimes.onnxruntime import OnnxRuntime
 from tests.onnx_models import classifier_entry, conv_classifier, detector_and_classifier, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]

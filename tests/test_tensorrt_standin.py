@@ -14,15 +14,15 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.backends.runtime import InferenceError
 from gateway.backends.select import select_backend
 from gateway.backends.settings import ModelsConfig
 from gateway.config import GatewayConfig, parse_config
 from gateway.doctor import run_doctor
-from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.judge import PhotoRequest, build_judge
 from gateway.models.manifest import load_manifest
+from gateway.progress import BuildProgress
+from gateway.runtimes.runtime import InferenceError
 from tests.onnx_models import detector_and_classifier
 from tests.standin_gpu import StandIn, standin
 
@@ -93,7 +93,7 @@ def crops(rows: int, value: float = 0.0) -> dict[str, np.ndarray]:
 
 def test_run_racing_close_always_answers(standin: StandIn, tmp_path: Path) -> None:
     """Before: 20 callers stuck in 40 trials (the request queued behind close's None, or after the release)."""
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     plan = standin_plan(tmp_path)
     for _ in range(40):
@@ -118,7 +118,7 @@ def test_run_racing_close_always_answers(standin: StandIn, tmp_path: Path) -> No
 
 
 def test_a_closed_runtime_answers_every_call_with_inference_error(standin: StandIn, tmp_path: Path) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     runtime = TensorRTRuntime(standin_plan(tmp_path))
     assert runtime.run(crops(2))["logits"].shape == (2, 2)
@@ -132,7 +132,7 @@ def test_a_closed_runtime_answers_every_call_with_inference_error(standin: Stand
 
 def test_a_failed_load_whose_release_raises_still_returns(standin: StandIn, tmp_path: Path) -> None:
     """Before: the constructor never returned (the release raised before the load's error was handed over)."""
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     plan = standin_plan(tmp_path)
     standin.set("no_exec_context,detach_raises")
@@ -152,7 +152,7 @@ def test_a_failed_load_whose_release_raises_still_returns(standin: StandIn, tmp_
 
 
 def test_releasing_is_best_effort(standin: StandIn, tmp_path: Path) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     runtime = TensorRTRuntime(standin_plan(tmp_path))
     runtime.run(crops(1))
@@ -206,7 +206,7 @@ def test_a_sticky_cuda_error_switches_to_onnxruntime_degraded_until_restart(stan
 
 @pytest.mark.parametrize("fault", ["execute_raises", "sticky_after:0"])
 def test_the_stream_is_synchronised_after_a_failed_execute(standin: StandIn, tmp_path: Path, fault: str) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     runtime = TensorRTRuntime(standin_plan(tmp_path))
     try:
@@ -223,7 +223,7 @@ def test_the_stream_is_synchronised_after_a_failed_execute(standin: StandIn, tmp
 
 
 def meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, available_mib: int) -> None:
-    import gateway.backends.tensorrt as trt_backend
+    import gateway.runtimes.tensorrt as trt_backend
 
     path = tmp_path / "meminfo"
     path.write_text(f"MemTotal: 7621304 kB\nMemFree: 123456 kB\nMemAvailable: {available_mib << 10} kB\n")
@@ -383,8 +383,8 @@ def test_plans_of_another_tensorrt_are_discarded_and_rebuilt(standin: StandIn, t
 
 def with_classifier_reference(tmp_path: Path) -> GatewayConfig:
     """The test manifest, its classifier following its input (gain 4), with reference outputs for 4 grey crops."""
-    from gateway.backends.onnxruntime import OnnxRuntime
     from gateway.engines.reference import write_reference
+    from gateway.runtimes.onnxruntime import OnnxRuntime
 
     manifest_path = detector_and_classifier(tmp_path / "models", gain=4.0, bias=-1.0)
     manifest = load_manifest(manifest_path)
@@ -417,9 +417,9 @@ def test_a_plan_that_does_not_reproduce_the_fp32_reference_is_refused(
 
 
 def test_the_shipped_models_reference_outputs_are_theirs_and_onnxruntime_reproduces_them() -> None:
-    from gateway.backends.onnxruntime import OnnxRuntime
     from gateway.backends.settings import REPO_MANIFEST
     from gateway.engines.reference import check, load_reference, probabilities
+    from gateway.runtimes.onnxruntime import OnnxRuntime
 
     manifest = load_manifest(REPO_MANIFEST)
     for spec in manifest.models:
@@ -456,7 +456,7 @@ def test_plans_differ_between_orin_nano_nx_and_agx(
         assert "focus-classifier: built " in capsys.readouterr().out  # not "up to date" with another Orin's plan
     assert len(set(names.values())) == 3
     # an Orin NX 8GB and an Orin Nano 8GB have the same multiprocessors and memory: the board tells them apart
-    import gateway.backends.tensorrt as trt_backend
+    import gateway.runtimes.tensorrt as trt_backend
 
     standin.set(gpu="orin-nano")
     boards = {}
@@ -472,8 +472,8 @@ def test_plans_differ_between_orin_nano_nx_and_agx(
 def test_plans_are_rebuilt_after_a_cuda_l4t_recipe_or_tensorrt_change(
     standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import gateway.backends.tensorrt as trt_backend
     import gateway.engines.cache as cache_module
+    import gateway.runtimes.tensorrt as trt_backend
     from gateway.engines.command import build
 
     config = gateway_config(tmp_path)

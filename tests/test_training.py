@@ -245,8 +245,8 @@ def test_onnx_export_round_trip_of_a_tiny_classifier(tmp_path: Path) -> None:
     from torch import nn
 
     from gateway.backends.neural import ClassifierFocus
-    from gateway.backends.onnxruntime import OnnxRuntime
     from gateway.models.manifest import load_manifest
+    from gateway.runtimes.onnxruntime import OnnxRuntime
     from gateway.training import export
     from gateway.training.model import FocusHead
     from tests.onnx_models import classifier_entry, write_manifest

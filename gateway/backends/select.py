@@ -21,17 +21,17 @@ from typing import Protocol
 import structlog
 
 from gateway import __version__
-from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.base import Backend
-from gateway.backends.batching import BatchListeners, batched
 from gateway.backends.classical import ClassicalDetector, ClassicalFocus
-from gateway.backends.failover import FailureCount, Watched
 from gateway.backends.neural import neural_backend, open_runtimes
-from gateway.backends.runtime import InferenceError, PlanError, Runtime
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
 from gateway.engines.cache import Target
 from gateway.models.manifest import Manifest, ManifestError, ModelSpec, load_manifest
+from gateway.runtimes import onnxruntime as ort_backend
+from gateway.runtimes.batching import BatchListeners, batched
+from gateway.runtimes.failover import FailureCount, Watched
+from gateway.runtimes.runtime import InferenceError, PlanError, Runtime
 
 log = structlog.get_logger(__name__)
 

@@ -10,14 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from gateway.backends.runtime import shapes
 from gateway.config import GatewayConfig
 from gateway.engines.cache import EngineCache, Target, write_atomic
-from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.engines.quantize import QuantizeError, quantize_qdq
 from gateway.engines.reference import check, load_reference, reference_path
 from gateway.models.manifest import Manifest, ManifestError, ModelSpec, check_signature, load_manifest
+from gateway.progress import BuildProgress
+from gateway.runtimes.runtime import shapes
 
 
 def _manifest(config: GatewayConfig, names: Sequence[str]) -> tuple[Manifest, list[ModelSpec]] | None:
@@ -139,8 +139,8 @@ def _build_one(
     force: bool,
     building: list[BuildProgress],
 ) -> bool:
-    from gateway.backends.tensorrt import available_memory
     from gateway.engines.build import BuildOptions, build_plan
+    from gateway.runtimes.tensorrt import available_memory
 
     models, cache = config.models, engines.cache
     started = time.monotonic()

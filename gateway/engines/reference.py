@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.backends.runtime import Runtime
 from gateway.models.heads import classifier_focus, retinanet_focus
 from gateway.models.manifest import Manifest, ModelSpec, load_manifest
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import sigmoid
+from gateway.runtimes.runtime import Runtime
 
 TOLERANCE = 0.02
 SUFFIX = ".reference.npz"
@@ -141,7 +141,7 @@ def synthetic_images(spec: ModelSpec) -> list[np.ndarray]:
 
 
 def main(argv: list[str]) -> int:
-    from gateway.backends.onnxruntime import OnnxRuntime
+    from gateway.runtimes.onnxruntime import OnnxRuntime
 
     manifest = load_manifest(Path(argv[0]))
     for spec in manifest.models:

@@ -36,10 +36,10 @@ import structlog
 import torch
 import yaml
 
-from gateway.engines.progress import BuildProgress
 from gateway.models.manifest import InputSpec, load_manifest
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import generate_anchors
+from gateway.progress import BuildProgress
 from gateway.training import dataset, degradations, export, model
 from gateway.training.dataset import Photo, box_pixels
 

@@ -35,7 +35,7 @@ import pycuda.driver as cuda
 import structlog
 import tensorrt as trt
 
-from gateway.backends.runtime import InferenceError, PlanError, TensorInfo
+from gateway.runtimes.runtime import InferenceError, PlanError, TensorInfo
 
 log = structlog.get_logger(__name__)
 
