@@ -5,7 +5,8 @@ detector's best cervix score, the focus models' raw sharp probability) within ``
 and no verdict flip (across the model's threshold) where the reference is more than ``TOLERANCE`` from it. The
 rows run one at a time and as full batches, so a plan that mixes up rows fails too. The images are synthetic
 (``gateway.scenes``), stored as the BGR photos (detector) or cervix crops (focus classifier) the preprocessing
-takes. ``python -m gateway.engines.reference MANIFEST`` writes them with ONNX Runtime.
+takes. ``colpo-gateway train`` writes them with ONNX Runtime, as ``python -m gateway.engines.reference MANIFEST``
+does for a manifest made otherwise.
 """
 
 from __future__ import annotations
@@ -140,13 +141,17 @@ def synthetic_images(spec: ModelSpec) -> list[np.ndarray]:
     return [render(s).image for s in specs]
 
 
-def main(argv: list[str]) -> int:
+def write_references(manifest_path: Path) -> list[Path]:
+    """The reference of every model of the manifest, from ``synthetic_images`` (``colpo-gateway train`` calls it)."""
     from gateway.runtimes.onnxruntime import OnnxRuntime
 
-    manifest = load_manifest(Path(argv[0]))
-    for spec in manifest.models:
-        path = write_reference(manifest, spec, synthetic_images(spec), OnnxRuntime)
-        print(f"{spec.name}: {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    manifest = load_manifest(manifest_path)
+    return [write_reference(manifest, spec, synthetic_images(spec), OnnxRuntime) for spec in manifest.models]
+
+
+def main(argv: list[str]) -> int:
+    for path in write_references(Path(argv[0])):
+        print(f"{path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
 
 

@@ -36,6 +36,7 @@ import structlog
 import torch
 import yaml
 
+from gateway.engines.reference import write_references
 from gateway.models.manifest import InputSpec, load_manifest
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import generate_anchors
@@ -563,6 +564,7 @@ def run(options: TrainOptions) -> int:
     )
     manifest_path.write_text(manifest_text(entries))
     load_manifest(manifest_path)  # the gateway must accept what we wrote
+    write_references(manifest_path)  # what a TensorRT plan must reproduce before the gateway uses it
     sample = [p.image for p in val_photos][:60]
     timing = {**evaluate.speed(manifest_path, sample), "n": len(sample)}
     minutes = (time.monotonic() - started) / 60
