@@ -8,7 +8,7 @@ jemalloc returns freed pages to the system within seconds, so the systemd unit p
 a warning and the gateway then runs on glibc. With ``MALLOC_CONF`` (below): jemalloc's default gives allocations
 over 8 MiB (a decoded 12 MP photo at half size is 9 MB) fresh pages every time, which cost 19 ms of p50 latency
 (136.6 against 117.6 ms, one device, this 2-core machine). ONNX Runtime's own arena is the other half of the
-memory story (gateway/backends/onnxruntime.py). ``docs/benchmarks.md`` has the soak.
+memory story (gateway/runtimes/onnxruntime.py). ``docs/benchmarks.md`` has the soak.
 """
 
 from __future__ import annotations

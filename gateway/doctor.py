@@ -24,13 +24,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway import __version__, allocator
-from gateway.backends import onnxruntime as ort_backend
-from gateway.backends.runtime import InferenceError, shapes
 from gateway.config import BrokerConfig, GatewayConfig, MetricsConfig
 from gateway.config_files import check_files, service_user
 from gateway.connect_failures import from_connack, from_exception
-from gateway.engines.cache import EngineCache, PlanKey, Target, plan_status
+from gateway.engines.cache import EngineCache, Target, plan_status
 from gateway.models.manifest import Manifest, ManifestError, check_signature, parse_manifest, verify_files
+from gateway.runtimes import onnxruntime as ort_backend
+from gateway.runtimes.runtime import InferenceError, shapes
 from gateway.transport import apply_credentials
 
 TargetProbe = Callable[[], tuple[Target | None, str]]
@@ -188,7 +188,7 @@ def _engines(config: GatewayConfig, manifest: Manifest | None, target: Target | 
     models = config.models
     ready = True
     for spec in manifest.models:
-        key = PlanKey.of(spec, models.precision, models.max_batch, target)
+        key = cache.key(spec, models.precision, models.max_batch, target)
         if cache.find(key) is None:
             report.line(f"{spec.name}: no {models.precision} plan for this GPU yet (built at start, or: engines build)")
             ready = False

@@ -16,7 +16,7 @@ import pytest
 
 STANDINS = Path(__file__).resolve().parent / "standins"
 REPO = STANDINS.parents[1]
-_IMPORTERS = ("tensorrt", "pycuda", "gateway.backends.tensorrt", "gateway.engines.build", "gateway.runtimes.tensorrt")
+_IMPORTERS = ("tensorrt", "pycuda", "gateway.runtimes.tensorrt", "gateway.engines.build")
 
 
 def _forget() -> None:

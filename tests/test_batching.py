@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.backends.batching import BatchingRuntime, batched
-from gateway.backends.onnxruntime import OnnxRuntime
-from gateway.backends.runtime import InferenceError
+from gateway.runtimes.batching import BatchingRuntime, batched
+from gateway.runtimes.onnxruntime import OnnxRuntime
+from gateway.runtimes.runtime import InferenceError
 from tests.onnx_models import conv_classifier
 
 

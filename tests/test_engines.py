@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +14,14 @@ import numpy as np
 import onnx
 import pytest
 
-from gateway.backends.onnxruntime import OnnxRuntime
 from gateway.backends.settings import ModelsConfig, default_cache_dir
 from gateway.engines.cache import CachedPlan, EngineCache, PlanKey, Target, plan_status
-from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.engines.quantize import QuantizeError, quantize_qdq
 from gateway.models.manifest import load_manifest
 from gateway.models.preprocess import preprocess
+from gateway.progress import BuildProgress
+from gateway.runtimes.onnxruntime import OnnxRuntime
 from tests.onnx_models import classifier_entry, conv_classifier, detector_and_classifier, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,9 @@ def test_plan_names_carry_everything_a_plan_depends_on(manifest_path: Path) -> N
     spec = load_manifest(manifest_path).models[0]
     key = PlanKey.of(spec, "fp16", 4, ORIN)
     name = key.filename()
-    assert name == f"cervix-detector-0-0-1_{spec.sha256[:16]}_fp16_b4_trt10.3.0.30_orin-nvgpu_sm87.plan"
+    assert re.fullmatch(
+        rf"cervix-detector-0-0-1_{spec.sha256[:16]}_fp16_b4_trt10.3.0.30_orin-nvgpu_sm87_[0-9a-f]{{12}}\.plan", name
+    )
     upgraded = PlanKey.of(spec, "fp16", 4, Target("10.7.0", "Orin (nvgpu)", (8, 7))).filename()
     assert upgraded != name  # a JetPack upgrade looks for (and builds) a new plan
 
@@ -205,4 +208,12 @@ def test_the_sidecar_is_json(tmp_path: Path, manifest_path: Path) -> None:
     spec = load_manifest(manifest_path).models[0]
     path = EngineCache(tmp_path).write_plan(PlanKey.of(spec, "fp16", 1, ORIN), b"x")
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["target"] == {"tensorrt_version": "10.3.0.30", "gpu_name": "Orin (nvgpu)", "compute_capability": [8, 7]}
+    assert meta["target"] == {
+        "tensorrt_version": "10.3.0.30",
+        "gpu_name": "Orin (nvgpu)",
+        "compute_capability": [8, 7],
+        "device": "",
+        "cuda_driver": "",
+        "l4t": "",
+    }
+    assert (meta["recipe"], meta["qdq_sha256"]) == ("2", None)

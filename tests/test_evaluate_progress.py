@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.engines.progress import BuildProgress
+from gateway.progress import BuildProgress
 from gateway.scenes import SceneSpec, encode_jpeg, render
 from gateway.training.dataset import Photo
 from gateway.training.evaluate import evaluate, fit_laplacian

@@ -13,14 +13,14 @@ import pytest
 
 from gateway import __version__
 from gateway.backends.neural import ClassifierFocus, RetinaNetDetector, neural_backend, open_runtimes
-from gateway.backends.onnxruntime import OnnxRuntime, choose_providers, probe
-from gateway.backends.runtime import InferenceError
 from gateway.backends.settings import ModelsConfig
 from gateway.config import GatewayConfig, parse_config
 from gateway.engines.provider import TensorRTEngines
 from gateway.focus_measures import FOCUS_V1, focus_v1
 from gateway.judge import PhotoRequest, build_judge
 from gateway.models.manifest import ManifestError, load_manifest
+from gateway.runtimes.onnxruntime import OnnxRuntime, choose_providers, probe
+from gateway.runtimes.runtime import InferenceError
 from gateway.scenes import SceneSpec, render
 from tests.onnx_models import (
     DETECTOR_SCORE,
@@ -80,7 +80,7 @@ def test_the_model_really_runs_on_the_input(tmp_path: Path) -> None:
 
 
 def test_the_memory_arena_is_off_unless_configured(tmp_path: Path) -> None:
-    """The arena only grows (gateway/backends/onnxruntime.py); the config's switch reaches the session."""
+    """The arena only grows (gateway/runtimes/onnxruntime.py); the config's switch reaches the session."""
     mean_classifier(tmp_path / "m.onnx", 16, gain=1.0, bias=0.0)
     x = np.zeros((1, 3, 16, 16), dtype=np.float32)
     for arena in (False, True):

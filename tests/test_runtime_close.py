@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from gateway.backends.base import Backend
-from gateway.backends.batching import BatchingRuntime
-from gateway.backends.onnxruntime import OnnxRuntime
-from gateway.backends.runtime import InferenceError
 from gateway.backends.select import classical_backend
 from gateway.backends.slot import BackendSlot
 from gateway.config import parse_config
 from gateway.judge import build_judge
+from gateway.runtimes.batching import BatchingRuntime
+from gateway.runtimes.onnxruntime import OnnxRuntime
+from gateway.runtimes.runtime import InferenceError
 from gateway.service import GatewayService
 from tests.conftest import Broker, Recorder
 from tests.onnx_models import detector_and_classifier

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from gateway.backends import select as select_module
-from gateway.backends.onnxruntime import OnnxRuntime
-from gateway.backends.runtime import InferenceError, Runtime
 from gateway.backends.select import select_backend
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig, parse_config
 from gateway.engines.cache import Target
 from gateway.judge import PhotoRequest, build_judge
 from gateway.models.manifest import ModelSpec
+from gateway.runtimes.onnxruntime import OnnxRuntime
+from gateway.runtimes.runtime import PlanError, Runtime
 from tests.onnx_models import detector_and_classifier, write_manifest
 
 TARGET = Target("10.3.0", "Orin (nvgpu)", (8, 7))
@@ -53,7 +53,7 @@ class FakeEngines:
 
     def open(self, plan: Path) -> Runtime:
         if plan in self.unloadable:
-            raise InferenceError(f"{plan.name}: Version tag does not match")
+            raise PlanError(f"{plan.name}: Version tag does not match")
         return OnnxRuntime(plan)
 
     def discard(self, plan: Path) -> None:

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.backends.onnxruntime import OnnxRuntime
-from gateway.backends.runtime import InferenceError, shapes
 from gateway.backends.select import select_backend
 from gateway.backends.settings import ModelsConfig
 from gateway.config import parse_config
 from gateway.engines.cache import EngineCache, PlanKey
-from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.models.manifest import check_signature, load_manifest
+from gateway.progress import BuildProgress
+from gateway.runtimes.onnxruntime import OnnxRuntime
+from gateway.runtimes.runtime import InferenceError, shapes
 from tests.onnx_models import detector_and_classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def build(tmp_path: Path, precision: str = "fp16") -> tuple[Path, Path]:
 
 
 def test_a_built_plan_runs_like_onnxruntime_and_batches(tmp_path: Path) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     manifest_path, plan = build(tmp_path, "fp32")
     manifest = load_manifest(manifest_path)
@@ -78,7 +78,7 @@ def test_a_built_plan_runs_like_onnxruntime_and_batches(tmp_path: Path) -> None:
 
 
 def test_a_plan_that_does_not_load_says_why(tmp_path: Path) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     _, plan = build(tmp_path)
     data = bytearray(plan.read_bytes())

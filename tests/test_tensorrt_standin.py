@@ -14,13 +14,15 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.backends.runtime import InferenceError
+from gateway.backends.select import select_backend
 from gateway.backends.settings import ModelsConfig
 from gateway.config import GatewayConfig, parse_config
 from gateway.doctor import run_doctor
-from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.judge import PhotoRequest, build_judge
+from gateway.models.manifest import load_manifest
+from gateway.progress import BuildProgress
+from gateway.runtimes.runtime import InferenceError
 from tests.onnx_models import detector_and_classifier
 from tests.standin_gpu import StandIn, standin
 
@@ -91,7 +93,7 @@ def crops(rows: int, value: float = 0.0) -> dict[str, np.ndarray]:
 
 def test_run_racing_close_always_answers(standin: StandIn, tmp_path: Path) -> None:
     """Before: 20 callers stuck in 40 trials (the request queued behind close's None, or after the release)."""
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     plan = standin_plan(tmp_path)
     for _ in range(40):
@@ -116,7 +118,7 @@ def test_run_racing_close_always_answers(standin: StandIn, tmp_path: Path) -> No
 
 
 def test_a_closed_runtime_answers_every_call_with_inference_error(standin: StandIn, tmp_path: Path) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     runtime = TensorRTRuntime(standin_plan(tmp_path))
     assert runtime.run(crops(2))["logits"].shape == (2, 2)
@@ -130,7 +132,7 @@ def test_a_closed_runtime_answers_every_call_with_inference_error(standin: Stand
 
 def test_a_failed_load_whose_release_raises_still_returns(standin: StandIn, tmp_path: Path) -> None:
     """Before: the constructor never returned (the release raised before the load's error was handed over)."""
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     plan = standin_plan(tmp_path)
     standin.set("no_exec_context,detach_raises")
@@ -150,7 +152,7 @@ def test_a_failed_load_whose_release_raises_still_returns(standin: StandIn, tmp_
 
 
 def test_releasing_is_best_effort(standin: StandIn, tmp_path: Path) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     runtime = TensorRTRuntime(standin_plan(tmp_path))
     runtime.run(crops(1))
@@ -188,7 +190,7 @@ def test_a_sticky_cuda_error_switches_to_onnxruntime_degraded_until_restart(stan
         failed = judge.judge(PhotoRequest("s", "d", f"bad-{n}", png(), in_run=False)).verdict
         assert (failed.backend, failed.verdict, [str(r) for r in failed.reasons]) == ("tensorrt", "error", ["internal"])
     deadline = time.monotonic() + 60
-    while slot.current.name != "onnxruntime" and time.monotonic() < deadline:
+    while not changes and time.monotonic() < deadline:  # the listeners hear of it just after the switch
         time.sleep(0.05)
     assert (slot.current.name, slot.state) == ("onnxruntime", "degraded")
     assert slot.reason.startswith("TensorRT failed 3 inferences in a row (")
@@ -204,7 +206,7 @@ def test_a_sticky_cuda_error_switches_to_onnxruntime_degraded_until_restart(stan
 
 @pytest.mark.parametrize("fault", ["execute_raises", "sticky_after:0"])
 def test_the_stream_is_synchronised_after_a_failed_execute(standin: StandIn, tmp_path: Path, fault: str) -> None:
-    from gateway.backends.tensorrt import TensorRTRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
 
     runtime = TensorRTRuntime(standin_plan(tmp_path))
     try:
@@ -221,7 +223,7 @@ def test_the_stream_is_synchronised_after_a_failed_execute(standin: StandIn, tmp
 
 
 def meminfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, available_mib: int) -> None:
-    import gateway.backends.tensorrt as trt_backend
+    import gateway.runtimes.tensorrt as trt_backend
 
     path = tmp_path / "meminfo"
     path.write_text(f"MemTotal: 7621304 kB\nMemFree: 123456 kB\nMemAvailable: {available_mib << 10} kB\n")
@@ -335,3 +337,200 @@ def test_a_build_past_its_time_limit_is_stopped(standin: StandIn, tmp_path: Path
         TensorRTEngines(config.models).build(config.models.manifest_path(), ["focus-classifier"])
     assert time.monotonic() - started < 90
     assert standin.events("build_cancelled")
+
+
+def test_plans_that_deserialize_but_find_no_memory_are_kept(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    plans = sorted((tmp_path / "cache").glob("*.plan"))
+    standin.set("no_exec_context")  # "cannot create an execution context (out of GPU memory?)"
+    slot = select_backend(config)
+    assert (slot.current.name, slot.state) == ("onnxruntime", "degraded")
+    assert "the cached engines do not open (" in slot.reason and "out of GPU memory?" in slot.reason
+    assert sorted((tmp_path / "cache").glob("*.plan")) == plans and len(plans) == 2
+    assert slot.wait_settled(0)  # no rebuild
+    slot.close()
+
+
+def test_plans_of_another_tensorrt_are_discarded_and_rebuilt(standin: StandIn, tmp_path: Path) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    [old] = (tmp_path / "cache").glob("focus-classifier*.plan")
+    standin.set(version="10.3.1.1")
+    # the new version has other plan names: put the old plan where the new key looks, as after a JetPack upgrade
+    # that kept the version string (the case the deserialisation check is for)
+    import gateway.engines.provider as provider
+
+    engines = provider.TensorRTEngines(config.models)
+    target, _ = engines.probe()
+    assert target is not None
+    manifest = load_manifest(config.models.manifest_path())
+    for spec in manifest.models:
+        old_plan = next((tmp_path / "cache").glob(f"{spec.name}*.plan"))
+        engines.cache.plan_path(engines.key(spec, target)).write_bytes(old_plan.read_bytes())
+    slot = select_backend(config)
+    assert slot.current.name == "onnxruntime" and "stale (" in slot.reason
+    assert "Version tag does not match" in slot.reason
+    assert slot.wait_settled(300)
+    assert (slot.current.name, slot.state) == ("tensorrt", "online"), slot.reason
+    slot.close()
+    assert old.is_file()  # another key's plan is left alone
+
+
+def with_classifier_reference(tmp_path: Path) -> GatewayConfig:
+    """The test manifest, its classifier following its input (gain 4), with reference outputs for 4 grey crops."""
+    from gateway.engines.reference import write_reference
+    from gateway.runtimes.onnxruntime import OnnxRuntime
+
+    manifest_path = detector_and_classifier(tmp_path / "models", gain=4.0, bias=-1.0)
+    manifest = load_manifest(manifest_path)
+    spec = manifest.models[1]
+    greys = [np.full((40, 50, 3), level, dtype=np.uint8) for level in (30, 100, 160, 230)]
+    write_reference(manifest, spec, greys, OnnxRuntime)
+    return gateway_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("fault", "found"),
+    [("ignore_input", "row 0 (batch 1): 0."), ("swap_rows", "row 0 (batch 4): 0.")],
+)
+def test_a_plan_that_does_not_reproduce_the_fp32_reference_is_refused(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str, found: str
+) -> None:
+    from gateway.engines.command import build
+
+    config = with_classifier_reference(tmp_path)
+    standin.set(fault)
+    assert build(config, ["focus-classifier"], False) == 1
+    err = capsys.readouterr().err
+    assert "focus-classifier: build failed: the new plan does not reproduce the FP32 reference: " in err
+    assert found in err
+    assert not list((tmp_path / "cache").glob("*.plan"))
+    standin.set("")
+    assert build(config, ["focus-classifier"], True) == 0
+    out = capsys.readouterr().out
+    assert "focus-classifier: the new plan reproduces the FP32 reference (4 rows, batch 1 and batches)" in out
+
+
+def test_references_are_written_for_every_model_and_reproduced_by_onnxruntime(tmp_path: Path) -> None:
+    from gateway.engines.reference import check, load_reference, write_references
+    from gateway.runtimes.onnxruntime import OnnxRuntime
+
+    manifest_path = detector_and_classifier(tmp_path / "models", gain=4.0, bias=-1.0)
+    assert [p.name for p in write_references(manifest_path)] == ["detector.reference.npz", "classifier.reference.npz"]
+    manifest = load_manifest(manifest_path)
+    for spec in manifest.models:
+        reference = load_reference(manifest, spec)
+        assert reference is not None and len(reference.images) == 4
+        assert check(spec, reference, OnnxRuntime(manifest.onnx_path(spec)), 4) == []
+
+
+def test_the_shipped_models_reference_outputs_are_theirs_and_onnxruntime_reproduces_them() -> None:
+    from gateway.backends.settings import REPO_MANIFEST
+    from gateway.engines.reference import check, load_reference, probabilities
+    from gateway.runtimes.onnxruntime import OnnxRuntime
+
+    manifest = load_manifest(REPO_MANIFEST)
+    for spec in manifest.models:
+        reference = load_reference(manifest, spec)
+        assert reference is not None, f"{spec.name}: no reference shipped (python -m gateway.engines.reference)"
+        p = probabilities(spec, reference.outputs)
+        assert (p >= spec.threshold).any() and (p < spec.threshold).any(), "both verdicts among the rows"
+        runtime = OnnxRuntime(manifest.onnx_path(spec))
+        try:
+            assert check(spec, reference, runtime, 4) == []
+        finally:
+            runtime.close()
+
+
+# --- item 6: plans that tell Orins apart
+
+
+def test_plans_differ_between_orin_nano_nx_and_agx(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    spec = load_manifest(config.models.manifest_path()).models[1]
+    names = {}
+    for gpu in ("orin-nano", "orin-nx", "agx-orin"):
+        standin.set(gpu=gpu)
+        engines = TensorRTEngines(config.models)
+        target, why = engines.probe()
+        assert target is not None, why
+        assert (target.gpu_name, target.compute_capability) == ("Orin (nvgpu)", (8, 7))  # alike: the old key
+        names[gpu] = engines.key(spec, target).filename()
+        assert build(config, ["focus-classifier"], False) == 0
+        assert "focus-classifier: built " in capsys.readouterr().out  # not "up to date" with another Orin's plan
+    assert len(set(names.values())) == 3
+    # an Orin NX 8GB and an Orin Nano 8GB have the same multiprocessors and memory: the board tells them apart
+    import gateway.runtimes.tensorrt as trt_backend
+
+    standin.set(gpu="orin-nano")
+    boards = {}
+    for board in ("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit", "NVIDIA Jetson Orin NX 8GB"):
+        (tmp_path / "model").write_bytes(board.encode() + b"\0")
+        monkeypatch.setattr(trt_backend, "BOARD_MODEL", tmp_path / "model")
+        target, _ = TensorRTEngines(config.models).probe()
+        assert target is not None and target.device.startswith(board)
+        boards[board] = target.slug()
+    assert len(set(boards.values())) == 2
+
+
+def test_plans_are_rebuilt_after_a_cuda_l4t_recipe_or_tensorrt_change(
+    standin: StandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gateway.engines.cache as cache_module
+    import gateway.runtimes.tensorrt as trt_backend
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic, EABI: aarch64\n")
+    monkeypatch.setattr(trt_backend, "L4T_RELEASE", release)
+
+    def rebuilt() -> bool:
+        assert build(config, ["focus-classifier"], False) == 0
+        out = capsys.readouterr().out
+        assert ("focus-classifier: built " in out) != ("up to date" in out)
+        return "focus-classifier: built " in out
+
+    assert rebuilt()
+    assert not rebuilt()
+    assert TensorRTEngines(config.models).probe()[0].l4t == "R36.4.0"  # type: ignore[union-attr]
+    monkeypatch.setenv("STANDIN_CUDA_DRIVER", "12080")  # a CUDA upgrade
+    assert rebuilt()
+    release.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
+    assert rebuilt()
+    monkeypatch.setattr(cache_module, "RECIPE", "test-recipe")  # the builder changed
+    assert rebuilt()
+    assert not rebuilt()
+    standin.set(version="10.3.0.31")
+    assert rebuilt()
+
+
+def test_a_requantisation_rebuilds_the_int8_plan(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build, quantize
+
+    detector_and_classifier(tmp_path / "models", gain=4.0, bias=-1.0)
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(folder / f"p{i}.png"), rng.integers(0, 120, (40, 50, 3), dtype=np.uint8))
+    config = gateway_config(tmp_path, f", precision: int8, calibration_dir: '{folder}'")
+    assert build(config, ["focus-classifier"], False) == 0
+    assert "focus-classifier: built " in capsys.readouterr().out
+    for i in range(4):  # new photos, brighter: other quantisation ranges
+        cv2.imwrite(str(folder / f"p{i}.png"), rng.integers(100, 255, (40, 50, 3), dtype=np.uint8))
+    assert quantize(config, ["focus-classifier"], True) == 0
+    assert build(config, ["focus-classifier"], False) == 0
+    assert "focus-classifier: built " in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("focus-classifier*_int8_*.plan"))) == 2

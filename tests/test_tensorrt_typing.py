@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STUBS = REPO / ".venv" / "tensorrt-stubs"
-TENSORRT_CODE = ["gateway/backends/tensorrt.py", "gateway/engines/build.py"]
+TENSORRT_CODE = ["gateway/runtimes/tensorrt.py", "gateway/engines/build.py"]
 
 pytestmark = pytest.mark.skipif(
     not (STUBS / "tensorrt" / "__init__.pyi").is_file(),

@@ -263,8 +263,8 @@ def test_onnx_export_round_trip_of_a_tiny_classifier(tmp_path: Path) -> None:
     from torch import nn
 
     from gateway.backends.neural import ClassifierFocus
-    from gateway.backends.onnxruntime import OnnxRuntime
     from gateway.models.manifest import load_manifest
+    from gateway.runtimes.onnxruntime import OnnxRuntime
     from gateway.training import export
     from gateway.training.model import FocusHead
     from tests.onnx_models import classifier_entry, write_manifest
@@ -297,9 +297,9 @@ def test_a_fused_classifier_exports_with_its_measures_and_runs_as_the_gateway_fe
     pytest.importorskip("onnxruntime")
 
     from gateway.backends.neural import ClassifierFocus
-    from gateway.backends.onnxruntime import OnnxRuntime
     from gateway.focus_measures import FOCUS_V1, focus_v1
     from gateway.models.manifest import InputSpec, load_manifest
+    from gateway.runtimes.onnxruntime import OnnxRuntime
     from gateway.training import export
     from gateway.training.model import FocusHead, FusedFocusNet
     from tests.onnx_models import classifier_entry, write_manifest
@@ -349,7 +349,7 @@ def test_the_operating_point_rule() -> None:
 
 def test_the_focus_cache_is_read_only_for_the_same_samples(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from gateway.engines.progress import BuildProgress
+    from gateway.progress import BuildProgress
     from gateway.training.train import TrainOptions, cached_focus_features
 
     options = TrainOptions(tmp_path, tmp_path, seed=3, focus_cache=tmp_path / "focus.npz")

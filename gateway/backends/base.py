@@ -14,7 +14,7 @@ import numpy as np
 import structlog
 
 from gateway.assessment import Box, CervixFinding, FocusFinding
-from gateway.backends.runtime import Runtime
+from gateway.runtimes.runtime import Runtime
 
 log = structlog.get_logger(__name__)
 

@@ -14,12 +14,12 @@ from gateway import __version__
 from gateway.assessment import Box, CervixFinding, FocusFinding
 from gateway.backends.base import Backend, Detector, FocusJudge
 from gateway.backends.classical import ClassicalConfig, ClassicalDetector, ClassicalFocus
-from gateway.backends.runtime import InferenceError, Runtime, shapes
 from gateway.focus_measures import features
 from gateway.models.heads import cervix_finding, classifier_focus, retinanet_focus
 from gateway.models.manifest import Manifest, ModelSpec, check_signature
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import generate_anchors, postprocess
+from gateway.runtimes.runtime import InferenceError, Runtime, shapes
 
 
 class RetinaNetDetector:

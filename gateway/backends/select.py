@@ -1,13 +1,14 @@
 """Which backend runs, and why: ``auto`` picks TensorRT when it imports and a GPU answers, else ONNX Runtime
 (when the manifest has models), else classical.
 
-TensorRT needs a plan built for this TensorRT and GPU. When one is missing or stale (it does not load), the
+TensorRT needs a plan built for this TensorRT and GPU. When one is missing or stale (it does not deserialize), the
 gateway serves through ONNX Runtime at once and builds the plans in the background; when they are ready it
 switches over. If building fails it stays on ONNX Runtime and the slot says ``degraded``: a bad engine never
-makes the service exit (no crash loop under systemd). An explicitly configured backend that cannot run gives
-the next best one, also ``degraded``. TensorRT that fails ``FAILOVER_AFTER`` inferences in a row (a sticky CUDA
-error) is replaced by ONNX Runtime, ``degraded``, until the next start. The choice and its reason are logged
-and kept in the ``BackendSlot``.
+makes the service exit (no crash loop under systemd). Plans that deserialize but do not open (no execution
+context: out of memory) are kept, and ONNX Runtime serves, ``degraded``. An explicitly configured backend that
+cannot run gives the next best one, also ``degraded``. TensorRT that fails ``FAILOVER_AFTER`` inferences in a
+row (a sticky CUDA error) is replaced by ONNX Runtime, ``degraded``, until the next start. The choice and its
+reason are logged and kept in the ``BackendSlot``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ from typing import Protocol
 import structlog
 
 from gateway import __version__
-from gateway.backends import onnxruntime as ort_backend
 from gateway.backends.base import Backend
-from gateway.backends.batching import BatchListeners, batched
 from gateway.backends.classical import ClassicalDetector, ClassicalFocus
-from gateway.backends.failover import FailureCount, Watched
 from gateway.backends.neural import neural_backend, open_runtimes
-from gateway.backends.runtime import InferenceError, Runtime
 from gateway.backends.slot import BackendSlot
 from gateway.config import GatewayConfig
 from gateway.engines.cache import Target
 from gateway.models.manifest import Manifest, ManifestError, ModelSpec, load_manifest
+from gateway.runtimes import onnxruntime as ort_backend
+from gateway.runtimes.batching import BatchListeners, batched
+from gateway.runtimes.failover import FailureCount, Watched
+from gateway.runtimes.runtime import InferenceError, PlanError, Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -179,16 +180,23 @@ class _Selector:
         plans = {name: plan for name, plan in found.items() if plan is not None}
         missing = [name for name, plan in found.items() if plan is None]
         problem = "not built yet"
+        failure: InferenceError | None = None
         if not missing:
             try:
                 return BackendSlot(self._open_tensorrt(manifest, plans), f"{why}: cached engines")
-            except (InferenceError, ManifestError) as exc:
+            except (PlanError, ManifestError) as exc:  # another TensorRT or GPU, or damaged: rebuild
                 log.warning("engines_stale", error=str(exc))
                 for plan in plans.values():
                     engines.discard(plan)
                 missing, problem = list(found), f"stale ({exc})"
+            except InferenceError as exc:  # e.g. no execution context (out of memory): the plans are kept
+                failure = exc
         interim, interim_problem, _ = self._interim(manifest)
         serving = interim.name if interim_problem is None else f"classical ({interim_problem})"
+        if failure is not None:
+            log.warning("engines_not_opened", error=str(failure))
+            reason = f"{why}: the cached engines do not open ({failure}); serving through {serving}"
+            return BackendSlot(interim, reason, "degraded")
         reason = f"{why}: engines for {', '.join(missing)} {problem}; serving through {serving}"
         if not self.config.models.build_in_background:
             note = "background builds are off: run colpo-gateway engines build"

@@ -15,7 +15,7 @@ from typing import Literal
 import structlog
 
 from gateway.backends.base import Backend
-from gateway.backends.batching import BatchListeners
+from gateway.runtimes.batching import BatchListeners
 
 log = structlog.get_logger(__name__)
 

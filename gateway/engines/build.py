@@ -15,9 +15,9 @@ from pathlib import Path
 import structlog
 import tensorrt as trt
 
-from gateway.backends.tensorrt import Logger
 from gateway.engines.cache import write_atomic
-from gateway.engines.progress import BuildProgress
+from gateway.progress import BuildProgress
+from gateway.runtimes.tensorrt import Logger
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +40,7 @@ class BuildOptions:
     workspace_mb: int = 1024
     """The workspace's upper limit; less when memory is short (``pool_limits``)."""
     available: int | None = None
-    """Bytes available to the build (``gateway.backends.tensorrt.available_memory``); None: TensorRT's defaults."""
+    """Bytes available to the build (``gateway.runtimes.tensorrt.available_memory``); None: TensorRT's defaults."""
 
 
 def pool_limits(options: BuildOptions) -> tuple[int, int | None]:

@@ -1,14 +1,18 @@
-"""The engine cache: TensorRT plans keyed by model, ONNX sha256, precision, batch, TensorRT version and GPU.
+"""The engine cache: TensorRT plans keyed by everything a plan depends on.
 
 A plan only loads on the TensorRT version and GPU it was built for ("Version tag does not match" after a
-JetPack upgrade), so all of these are in its file name: after an upgrade the gateway simply finds no plan for
-the new key and builds one. Each plan has a JSON sidecar saying what it was built from, which ``doctor`` reads.
-Writes are atomic (temporary file, then rename); builders hold ``lock()`` so two never write at once.
+JetPack upgrade), and is only tuned for the device it was built on: every Orin is "Orin (nvgpu)" and sm87, so
+the key also holds the device (board, multiprocessors, memory: Nano, NX and AGX differ), the CUDA driver and L4T
+release, the QDQ file of an INT8 plan (a re-quantisation changes it) and ``RECIPE``. The file name holds the
+readable parts and a digest of the whole key: after any change the gateway finds no plan for the new key and
+builds one. Each plan has a JSON sidecar saying what it was built from, which ``doctor`` reads. Writes are
+atomic (temporary file, then rename); builders hold ``lock()`` so two never write at once.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -22,9 +26,17 @@ from typing import Any
 
 from gateway.models.manifest import Manifest, ModelSpec
 
+RECIPE = "2"
+"""How ``gateway/engines/build.py`` builds (flags, profile, memory pools): change it with the builder, and every
+cached plan is rebuilt."""
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -34,10 +46,16 @@ class Target:
     tensorrt_version: str
     gpu_name: str
     compute_capability: tuple[int, int]
+    device: str = ""
+    """Board, multiprocessors, memory (``GpuInfo.device``)."""
+    cuda_driver: str = ""
+    l4t: str = ""
 
     def slug(self) -> str:
         major, minor = self.compute_capability
-        return f"trt{self.tensorrt_version}_{_slug(self.gpu_name)}_sm{major}{minor}"
+        extra = (self.device, self.cuda_driver, self.l4t)
+        more = f"_{_digest(extra)[:8]}" if any(extra) else ""
+        return f"trt{self.tensorrt_version}_{_slug(self.gpu_name)}_sm{major}{minor}{more}"
 
 
 @dataclass(frozen=True)
@@ -48,15 +66,20 @@ class PlanKey:
     precision: str
     max_batch: int
     target: Target
+    qdq_sha256: str | None = None
+    """The QDQ ONNX an INT8 plan is built from."""
+    recipe: str = RECIPE
 
     @classmethod
-    def of(cls, spec: ModelSpec, precision: str, max_batch: int, target: Target) -> PlanKey:
-        return cls(spec.name, spec.version, spec.sha256, precision, max_batch, target)
+    def of(
+        cls, spec: ModelSpec, precision: str, max_batch: int, target: Target, qdq_sha256: str | None = None
+    ) -> PlanKey:
+        return cls(spec.name, spec.version, spec.sha256, precision, max_batch, target, qdq_sha256, RECIPE)
 
     def filename(self) -> str:
         return (
             f"{self.model}-{_slug(self.version)}_{self.onnx_sha256[:16]}_{self.precision}_b{self.max_batch}"
-            f"_{self.target.slug()}.plan"
+            f"_{self.target.slug()}_{_digest(asdict(self))[:12]}.plan"
         )
 
 
@@ -86,6 +109,14 @@ class EngineCache:
 
     def plan_path(self, key: PlanKey) -> Path:
         return self.root / key.filename()
+
+    def key(self, spec: ModelSpec, precision: str, max_batch: int, target: Target) -> PlanKey:
+        """The key of ``spec``'s plan; an INT8 plan's holds its QDQ file's sha256 ("none" before it is made)."""
+        qdq = None
+        if precision == "int8":
+            path = self.qdq_path(spec)
+            qdq = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
+        return PlanKey.of(spec, precision, max_batch, target, qdq)
 
     def timing_cache_path(self, target: Target) -> Path:
         """Kept between builds: TensorRT reuses the kernel timings of earlier builds on the same GPU."""
@@ -194,4 +225,9 @@ def plan_status(entry: CachedPlan, target: Target | None, manifest: Manifest | N
     ):
         where = f"{built.get('gpu_name')} sm{built.get('compute_capability')}"
         return False, f"built for {where}, this is {target.gpu_name} sm{list(target.compute_capability)}"
+    for field, what in (("device", "built on"), ("cuda_driver", "built with CUDA driver"), ("l4t", "built on L4T")):
+        if built.get(field, "") != getattr(target, field):
+            return False, f"{what} {built.get(field) or '?'}, this is {getattr(target, field) or '?'}"
+    if meta.get("recipe") != RECIPE:
+        return False, f"built by recipe {meta.get('recipe')}, the builder's is {RECIPE}"
     return True, "valid"

@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from gateway.backends.runtime import shapes
 from gateway.config import GatewayConfig
 from gateway.engines.cache import EngineCache, Target, write_atomic
-from gateway.engines.progress import BuildProgress
 from gateway.engines.provider import TensorRTEngines
 from gateway.engines.quantize import QuantizeError, quantize_qdq
+from gateway.engines.reference import check, load_reference, reference_path
 from gateway.models.manifest import Manifest, ManifestError, ModelSpec, check_signature, load_manifest
+from gateway.progress import BuildProgress
+from gateway.runtimes.runtime import shapes
 
 
 def _manifest(config: GatewayConfig, names: Sequence[str]) -> tuple[Manifest, list[ModelSpec]] | None:
@@ -138,13 +139,14 @@ def _build_one(
     force: bool,
     building: list[BuildProgress],
 ) -> bool:
-    from gateway.backends.tensorrt import available_memory
     from gateway.engines.build import BuildOptions, build_plan
+    from gateway.runtimes.tensorrt import available_memory
 
     models, cache = config.models, engines.cache
-    key = engines.key(spec, target)
     started = time.monotonic()
     with cache.lock():
+        onnx = _qdq(config, manifest, spec, cache, False) if models.precision == "int8" else None
+        key = engines.key(spec, target)  # after the QDQ file exists: an INT8 plan's key holds its sha256
         if not force and (existing := cache.find(key)) is not None:
             print(f"{spec.name}: up to date ({existing.name})")
             return True
@@ -159,14 +161,13 @@ def _build_one(
             )
             return False
         try:
-            onnx = _qdq(config, manifest, spec, cache, False) if models.precision == "int8" else None
             progress = BuildProgress(spec.name)
             building[:] = [progress]
             available = available_memory(models.gpu)
             options = BuildOptions(models.precision, models.max_batch, models.workspace_mb, available)
             source = manifest.onnx_path(spec) if onnx is None else onnx
             plan = build_plan(source, cache.timing_cache_path(target), options, progress)
-            _verify(spec, engines, cache.plan_path(key), plan)
+            print(f"{spec.name}: {_verify(manifest, spec, engines, cache.plan_path(key), plan)}")
         except Exception as exc:
             retry_at = cache.record_failure(key, _why(exc))
             print(
@@ -184,16 +185,26 @@ def _build_one(
     return True
 
 
-def _verify(spec: ModelSpec, engines: TensorRTEngines, final: Path, plan: bytes) -> None:
-    """A new plan must load and match the manifest before it goes into the cache (raises InferenceError or
-    ManifestError); it is opened from a temporary file beside its final place."""
+def _verify(manifest: Manifest, spec: ModelSpec, engines: TensorRTEngines, final: Path, plan: bytes) -> str:
+    """A new plan must load, match the manifest and reproduce the FP32 reference outputs shipped with the model
+    before it goes into the cache (raises BuildError, InferenceError or ManifestError); it is opened from a
+    temporary file beside its final place. Returns what was checked."""
+    from gateway.engines.build import BuildError
+
+    reference = load_reference(manifest, spec)  # ValueError: made from another ONNX file
     trial = final.with_name(f".trial-{final.name}")
     write_atomic(trial, plan)
     try:
         runtime = engines.open(trial)
         try:
             check_signature(spec, shapes(runtime.inputs), shapes(runtime.outputs))
+            if reference is None:
+                return f"no reference outputs shipped ({reference_path(manifest, spec).name}): not compared with FP32"
+            problems = check(spec, reference, runtime, engines.config.max_batch)
         finally:
             runtime.close()
     finally:
         trial.unlink(missing_ok=True)
+    if problems:
+        raise BuildError(f"the new plan does not reproduce the FP32 reference: {'; '.join(problems[:4])}")
+    return f"the new plan reproduces the FP32 reference ({len(reference.images)} rows, batch 1 and batches)"

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import structlog
 
-from gateway.backends.runtime import InferenceError, Runtime
 from gateway.backends.settings import ModelsConfig
 from gateway.engines.cache import EngineCache, PlanKey, Target
 from gateway.models.manifest import ModelSpec
+from gateway.runtimes.runtime import InferenceError, Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +54,7 @@ class TensorRTEngines:
         if missing:
             return None, "; ".join(missing)
         try:
-            from gateway.backends import tensorrt as trt_backend
+            from gateway.runtimes import tensorrt as trt_backend
         except ImportError as exc:
             return None, f"TensorRT/pycuda do not import ({exc})"
         except Exception as exc:  # a broken CUDA install raises anything at import
@@ -63,19 +63,21 @@ class TensorRTEngines:
             info = trt_backend.probe(self.config.gpu)
         except InferenceError as exc:
             return None, str(exc)
-        target = Target(info.tensorrt_version, info.name, info.compute_capability)
+        target = Target(
+            info.tensorrt_version, info.name, info.compute_capability, info.device(), info.cuda_driver, info.l4t
+        )
         major, minor = info.compute_capability
         kind = ", integrated" if info.integrated else ""
         return target, f"TensorRT {info.tensorrt_version} on {info.name} (sm{major}{minor}{kind})"
 
     def key(self, spec: ModelSpec, target: Target) -> PlanKey:
-        return PlanKey.of(spec, self.config.precision, self.config.max_batch, target)
+        return self.cache.key(spec, self.config.precision, self.config.max_batch, target)
 
     def cached_plan(self, spec: ModelSpec, target: Target) -> Path | None:
         return self.cache.find(self.key(spec, target))
 
     def open(self, plan: Path) -> Runtime:
-        from gateway.backends.tensorrt import TensorRTRuntime
+        from gateway.runtimes.tensorrt import TensorRTRuntime
 
         return TensorRTRuntime(plan, self.config.gpu)
 

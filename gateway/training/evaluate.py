@@ -27,9 +27,9 @@ import numpy as np
 
 from gateway.assessment import Box, iou
 from gateway.backends.base import Backend
-from gateway.engines.progress import BuildProgress
 from gateway.models.manifest import load_manifest
 from gateway.models.preprocess import crop
+from gateway.progress import BuildProgress
 from gateway.training import dataset, degradations
 from gateway.training.dataset import Photo, box_pixels
 
@@ -451,7 +451,7 @@ class Report:
 def onnx_backend(manifest_path: Path, threads: int = 2) -> Backend:
     from gateway.backends.classical import ClassicalConfig
     from gateway.backends.neural import neural_backend, open_runtimes
-    from gateway.backends.onnxruntime import OnnxRuntime
+    from gateway.runtimes.onnxruntime import OnnxRuntime
 
     manifest = load_manifest(manifest_path)
     runtimes = open_runtimes(manifest, lambda spec: OnnxRuntime(manifest.onnx_path(spec), (), threads))

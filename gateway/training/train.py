@@ -42,10 +42,11 @@ import torch
 import yaml
 
 from gateway import focus_measures
-from gateway.engines.progress import BuildProgress
+from gateway.engines.reference import write_references
 from gateway.models.manifest import InputSpec, load_manifest
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import generate_anchors
+from gateway.progress import BuildProgress
 from gateway.training import dataset, degradations, export, model
 from gateway.training.dataset import Photo, box_pixels
 
@@ -732,6 +733,7 @@ def run(options: TrainOptions) -> int:
     )
     manifest_path.write_text(manifest_text(entries))
     load_manifest(manifest_path)  # the gateway must accept what we wrote
+    write_references(manifest_path)  # what a TensorRT plan must reproduce before the gateway uses it
     sample = [p.image for p in val_photos][:60]
     timing = {**evaluate.speed(manifest_path, sample), "n": len(sample)}
     minutes = (time.monotonic() - started) / 60

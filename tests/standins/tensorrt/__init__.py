@@ -110,6 +110,20 @@ class _Plan:
                 tensor = value.type.tensor_type
                 dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
                 self.io[value.name] = (mode, dims, _ONNX_TYPES[tensor.elem_type])
+        if any(d < 0 for mode, dims, _ in self.io.values() for d in dims[1:]):
+            self._infer_output_shapes()
+
+    def _infer_output_shapes(self) -> None:
+        """Symbolic output dimensions: TensorRT knows them from the network; here, from one run at batch 1."""
+        feeds = {
+            name: np.zeros((1, *dims[1:]), dtype=_NUMPY[dtype])
+            for name, (mode, dims, dtype) in self.io.items()
+            if mode == TensorIOMode.INPUT
+        }
+        names = [o.name for o in self.session.get_outputs()]
+        for name, value in zip(names, self.session.run(None, feeds), strict=True):
+            mode, _, dtype = self.io[name]
+            self.io[name] = (mode, (-1, *np.shape(value)[1:]), dtype)
 
 
 class ICudaEngine:

@@ -18,6 +18,7 @@ importing this module fails without them, which the backend selection reports.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +35,7 @@ import pycuda.driver as cuda
 import structlog
 import tensorrt as trt
 
-from gateway.backends.runtime import InferenceError, TensorInfo
+from gateway.runtimes.runtime import InferenceError, PlanError, TensorInfo
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,39 @@ class GpuInfo:
     integrated: bool
     """True on a Jetson (CPU and GPU share memory)."""
     total_memory: int
+    multiprocessors: int = 0
+    board: str = ""
+    """The device tree's model (a Jetson's module and carrier), "" elsewhere."""
+    cuda_driver: str = ""
+    l4t: str = ""
+    """The Jetson Linux release (``R36.4.3``), "" elsewhere."""
+
+    def device(self) -> str:
+        """What tells GPUs of one name apart: every Orin is "Orin (nvgpu)" and sm87; Nano, NX and AGX differ in
+        board, multiprocessors and memory."""
+        board = f"{self.board}, " if self.board else ""
+        return f"{board}{self.multiprocessors} SMs, {round(self.total_memory / 2**30)} GiB"
+
+
+BOARD_MODEL = Path("/proc/device-tree/model")
+L4T_RELEASE = Path("/etc/nv_tegra_release")
+
+
+def _board() -> str:
+    try:
+        return BOARD_MODEL.read_bytes().rstrip(b"\0").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _l4t() -> str:
+    """``# R36 (release), REVISION: 4.3, GCID: ...`` -> ``R36.4.3``; the first line as it is if it reads otherwise."""
+    try:
+        first = L4T_RELEASE.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return ""
+    found = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", first)
+    return f"R{found[1]}.{found[2]}" if found else first.strip()
 
 
 def probe(device: int = 0) -> GpuInfo:
@@ -87,12 +121,17 @@ def probe(device: int = 0) -> GpuInfo:
     if device >= count:
         raise InferenceError(f"no CUDA device {device} ({count} found)")
     dev = cuda.Device(device)
+    driver = cuda.get_driver_version()
     return GpuInfo(
         tensorrt_version=trt.__version__,
         name=dev.name(),
         compute_capability=dev.compute_capability(),
         integrated=bool(dev.get_attribute(cuda.device_attribute.INTEGRATED)),
         total_memory=dev.total_memory(),
+        multiprocessors=dev.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT),
+        board=_board(),
+        cuda_driver=f"{driver // 1000}.{driver % 1000 // 10}",
+        l4t=_l4t(),
     )
 
 
@@ -325,7 +364,7 @@ class TensorRTRuntime:
         self._engine = self._runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self._engine is None:
             why = "; ".join(self._logger.errors) or "no reason given"
-            raise InferenceError(
+            raise PlanError(
                 f"{self.plan.name}: TensorRT {trt.__version__} cannot load it (built for another TensorRT or GPU?):"
                 f" {why}"
             )

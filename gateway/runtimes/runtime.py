@@ -17,6 +17,11 @@ class InferenceError(RuntimeError):
     """The engine failed to load or run a model; the message says which and why."""
 
 
+class PlanError(InferenceError):
+    """A compiled plan does not deserialize here (another TensorRT version or GPU, or damaged): build it again.
+    Other load failures (out of memory) say nothing against the plan."""
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from gateway.backends.runtime import InferenceError, Runtime, TensorInfo
+from gateway.runtimes.runtime import InferenceError, Runtime, TensorInfo
 
 log = structlog.get_logger(__name__)
 

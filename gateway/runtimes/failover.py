@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from gateway.backends.runtime import InferenceError, Runtime, TensorInfo
+from gateway.runtimes.runtime import InferenceError, Runtime, TensorInfo
 
 
 class FailureCount:

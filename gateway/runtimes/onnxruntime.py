@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.backends.runtime import InferenceError, TensorInfo
+from gateway.runtimes.runtime import InferenceError, TensorInfo
 
 ENGINE = "onnxruntime"
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
