@@ -63,6 +63,13 @@ class BrokerConfig(_Section):
         le=2**32 - 1,
         description="How long the broker keeps this gateway's session (and queues photos for it) while it is away",
     )
+    status_interval_s: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="The retained status is republished this often as a heartbeat, with an MQTT 5 message expiry of"
+        " 3 times this: a status left by a gateway that died with the broker (a power cut) disappears by itself",
+    )
 
     @field_validator("url")
     @classmethod

@@ -45,6 +45,8 @@ from gateway.transport import IncomingPhoto, MqttTransport, Outgoing, maximum_pa
 
 log = structlog.get_logger(__name__)
 
+STATUS_EXPIRY_INTERVALS = 3
+"""The retained status expires after this many ``broker.status_interval_s`` without a republish."""
 FINAL_PUBLISH_S = 2.0
 """On stop, after the grace: how long the offline status may take to reach the broker."""
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
@@ -166,6 +168,7 @@ class GatewayService:
             maximum_packet_size=maximum_packet_size(config.decode.max_payload_bytes),
             optional_subscriptions=(BROKER_DROPPED_TOPIC,),
         )
+        self._heartbeat = threading.Thread(target=self._beat_status, name="status-heartbeat", daemon=True)
         self._notifier = notifier or Notifier()
         self._metrics = Metrics(config.metrics, self.readiness, self._queue.qsize, self._transport.connected.is_set)
         judge.pipeline.slot.batches.subscribe(self._metrics.batch)
@@ -208,6 +211,7 @@ class GatewayService:
         for worker in self._workers:
             worker.start()
         self._transport.start()
+        self._heartbeat.start()
         self._judge.pipeline.slot.on_change(self._backend_changed)
         self._metrics.backend(self._judge.pipeline.slot)
         self._metrics.serve()
@@ -267,11 +271,19 @@ class GatewayService:
             since=self._since,
             detail="; ".join(why) if state == "degraded" else None,
         )
-        return Outgoing(self._status_topic, message.to_json(), retain=True)
+        expiry = STATUS_EXPIRY_INTERVALS * self._config.broker.status_interval_s
+        return Outgoing(self._status_topic, message.to_json(), retain=True, expiry_s=expiry)
 
     def _announce(self) -> None:
         """Publish the availability status (online or degraded): on every (re)connect."""
         self._transport.publish(self._status(self._judge.pipeline.slot.state))
+
+    def _beat_status(self) -> None:
+        """Republish the status every ``broker.status_interval_s`` while connected, renewing its expiry."""
+        interval = self._config.broker.status_interval_s
+        while not self._stopping.wait(interval):
+            if self._transport.connected.is_set():
+                self._announce()
 
     def _backend_changed(self, slot: BackendSlot) -> None:
         """A background TensorRT build finished or failed: republish the status (if offline, the next
