@@ -75,6 +75,10 @@ def test_verdicts_are_counted_as_the_device_sees_them() -> None:
     assert disk["laplacian_fitted"]["k"] == 2
     # equal specificity (75 % of 4 sharp: one may fall below): t = 4.0, so disk laplacians 2.0, 2.2, 3.5 all found
     assert disk["laplacian_at_model_specificity"]["rate"] == pytest.approx(1.0)
+    # the other way: the fitted baseline (t = 3.0) keeps 3 of 4 sharp; the model's probability may lose one sharp
+    # photo (0.2), so it calls blurred below 0.45: 0.1 only (0.45 and 0.7 stay above)
+    assert s["laplacian_specificity"] == pytest.approx(0.75)
+    assert disk["model_at_laplacian_specificity"]["rate"] == pytest.approx(1 / 3)
     lo, hi = disk["model"]["ci"]
     assert 0.0 < lo < 1 / 3 < hi < 1.0
     everything = s["rows"]["all blurred"]
