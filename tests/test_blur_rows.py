@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -73,6 +75,10 @@ def test_verdicts_are_counted_as_the_device_sees_them() -> None:
     assert disk["laplacian_fitted"]["k"] == 2
     # equal specificity (75 % of 4 sharp: one may fall below): t = 4.0, so disk laplacians 2.0, 2.2, 3.5 all found
     assert disk["laplacian_at_model_specificity"]["rate"] == pytest.approx(1.0)
+    # the other way: the fitted baseline (t = 3.0) keeps 3 of 4 sharp; the model's probability may lose one sharp
+    # photo (0.2), so it calls blurred below 0.45: 0.1 only (0.45 and 0.7 stay above)
+    assert s["laplacian_specificity"] == pytest.approx(0.75)
+    assert disk["model_at_laplacian_specificity"]["rate"] == pytest.approx(1 / 3)
     lo, hi = disk["model"]["ci"]
     assert 0.0 < lo < 1 / 3 < hi < 1.0
     everything = s["rows"]["all blurred"]
@@ -136,14 +142,15 @@ def _labelled_set(folder: Path, patients: int = 4) -> Path:
     return folder
 
 
-def test_evaluate_prints_the_independent_rows_beside_the_baseline(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_evaluate_prints_the_independent_rows_beside_the_baseline(tmp_path: Path) -> None:
     data = _labelled_set(tmp_path / "data")
     out = tmp_path / "report.json"
-    code = main(["evaluate", "--data", str(data), "--manifest", str(MANIFEST), "--draws", "8", "--json", str(out)])
-    assert code == 0
-    text = capsys.readouterr().out
+    args = ["evaluate", "--data", str(data), "--manifest", str(MANIFEST), "--draws", "8", "--json", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=1800, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout
     assert "#### atlas" in text and "#### device-like" in text and "real blurry" in text
     report = json.loads(out.read_text())["independent_blur"]
     split = dataset.patient_split(dataset.load_photos(data), seed=0)

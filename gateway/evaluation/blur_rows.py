@@ -254,9 +254,9 @@ def measure(
 # ------------------------------------------------------------------------------------------ the report
 
 
-def _not_sharp_score(i: Judgement) -> float:
-    """1 - sharp probability; an ``error`` verdict (no probability) counts as not sharp."""
-    return 1.0 - i.sharp_probability if math.isfinite(i.sharp_probability) else 1.0
+def _sharp_score(i: Judgement) -> float:
+    """The sharp probability; an ``error`` verdict (no probability) counts as not sharp (0)."""
+    return i.sharp_probability if math.isfinite(i.sharp_probability) else 0.0
 
 
 def _rate(k: int, n: int) -> dict[str, Any]:
@@ -284,6 +284,8 @@ class HoldoutReport:
         t = self.thresholds.get(source, math.nan)
         spec = sum(not i.out_of_focus for i in sharp) / len(sharp) if sharp else math.nan
         sharp_lap = [i.laplacian for i in sharp]
+        sharp_p = [_sharp_score(i) for i in sharp]
+        spec_lap = sum(i.laplacian >= t for i in sharp) / len(sharp) if sharp else math.nan
         rows: dict[str, dict[str, Any]] = {}
         groups = [("sharp", sharp)] + [(f, [i for i in blurred if i.family == f]) for f in hb.BLURRED]
         groups.append(("all blurred", blurred))
@@ -309,6 +311,8 @@ class HoldoutReport:
             if positive:
                 at = recall_at_specificity(sharp_lap, [i.laplacian for i in group], spec)
                 row["laplacian_at_model_specificity"] = {"rate": at, "ci": wilson(round(at * n), n)}
+                mt = recall_at_specificity(sharp_p, [_sharp_score(i) for i in group], spec_lap)
+                row["model_at_laplacian_specificity"] = {"rate": mt, "ci": wilson(round(mt * n), n)}
                 if self.typed_verdicts():
                     right = sum(i.typed == TYPE_OF.get(i.blur_type or "") for i in group)
                     row["blur_type_right"] = _rate(right, n)
@@ -321,8 +325,9 @@ class HoldoutReport:
             "photos": len({i.photo for i in items}),
             "laplacian_threshold": t,
             "model_specificity": spec,
+            "laplacian_specificity": spec_lap,
             "roc_auc": {
-                "model": roc_auc(truth, [_not_sharp_score(i) for i in items]),
+                "model": roc_auc(truth, [1.0 - _sharp_score(i) for i in items]),
                 "laplacian": roc_auc(truth, [-i.laplacian for i in items]),
             },
             "rows": rows,
@@ -379,8 +384,9 @@ class HoldoutReport:
             f"{self.photos} sharp photos of the patients above, {self.draws} blurred draws per photo and source. "
             "Baseline: variance of the Laplacian, grey whole frame at 800 px long side, threshold of best accuracy "
             f"on the training patients' photos and their training-model degraded copies ({len(self.fitted_on)} "
-            'patients). Model = `out_of_focus` in the verdict. "Laplacian @ equal spec." sets the baseline\'s '
-            "threshold to keep as many sharp controls as the model keeps.",
+            'patients). Model = `out_of_focus` in the verdict. "Laplacian @ model spec." sets the baseline\'s '
+            'threshold to keep as many sharp controls as the model keeps; "model @ Laplacian spec." sets a threshold '
+            "on the sharp probability to keep as many as the fitted baseline keeps.",
         ]
         typed = self.typed_verdicts()
         for source in SOURCES:
@@ -390,20 +396,23 @@ class HoldoutReport:
             lines += [
                 "",
                 f"#### {source} ({s['photos']} photos; model specificity {100 * s['model_specificity']:.1f} %, "
-                f"baseline threshold {s['laplacian_threshold']:.3f}; ROC AUC model {s['roc_auc']['model']:.3f}, "
+                f"baseline threshold {s['laplacian_threshold']:.3f}, specificity "
+                f"{100 * s['laplacian_specificity']:.1f} %; ROC AUC model {s['roc_auc']['model']:.3f}, "
                 f"Laplacian {s['roc_auc']['laplacian']:.3f})",
                 "",
-                "| row | n | measures | model [95% CI] | Laplacian @ equal spec. | Laplacian, fitted [95% CI] "
-                "| recapture | accept + borderline | accept | blur type right |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "| row | n | measures | model [95% CI] | Laplacian @ model spec. | Laplacian, fitted [95% CI] "
+                "| model @ Laplacian spec. | recapture | accept + borderline | accept | blur type right |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for name, r in s["rows"].items():
                 at = r.get("laplacian_at_model_specificity")
+                mt = r.get("model_at_laplacian_specificity")
                 kind = r.get("blur_type_right")
                 kind_text = "n/a" if not typed else (pct(kind) if kind else "")
                 lines.append(
                     f"| {name} | {r['n']} | {r['measures']} | {pct(r['model'])} | "
-                    f"{pct(at) if at else ''} | {pct(r['laplacian_fitted'])} | {pct(r['recapture'])} | "
+                    f"{pct(at) if at else ''} | {pct(r['laplacian_fitted'])} | {pct(mt) if mt else ''} | "
+                    f"{pct(r['recapture'])} | "
                     f"{pct(r['accept_borderline'])} | {pct(r['accept'])} | {kind_text if name != 'sharp' else ''} |"
                 )
         if not typed:
