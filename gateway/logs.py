@@ -4,10 +4,29 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import structlog
 
 from gateway.config import LoggingConfig
+
+
+class _StderrLogger:
+    """Prints each line to ``sys.stderr`` as it is when the line is logged, not when logging was configured: a
+    logger cached on first use would otherwise keep a stream that was replaced and closed since (pytest's capture
+    does this to every test after the one that configured logging)."""
+
+    _lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = err = critical = exception = fatal = failure = msg
+
+
+def _stderr_logger(*_args: object) -> _StderrLogger:
+    return _StderrLogger()
 
 
 def configure_logging(config: LoggingConfig) -> None:
@@ -26,6 +45,6 @@ def configure_logging(config: LoggingConfig) -> None:
             *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, config.level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=True,
     )
