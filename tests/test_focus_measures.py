@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.focus_measures import blur_type, directional_ratio, glare_and_marks
+from gateway.focus_measures import TYPE_WIDTH, blur_type, box_view, directional_ratio, glare_and_marks
 from gateway.scenes import Blur, SceneSpec, render
 
 W, H = 1200, 900
@@ -64,3 +64,16 @@ def test_glare_and_marks_are_masked_and_tissue_is_not() -> None:
     changed = np.abs(drawn.astype(int) - image.astype(int)).max(axis=2) > 60
     assert mask[changed].mean() > 0.7  # the strokes (their anti-aliased edges excepted)
     assert mask[~changed].mean() < 0.05  # the tissue, apart from its own glints
+
+
+@pytest.mark.parametrize(
+    "box",
+    [(0.5, 0.5, 0.5001, 0.5001), (0.5, 0.0, 0.502, 1.0), (0.0, 0.5, 1.0, 0.5005), (0.3, 0.3, 0.3, 0.9)],
+    ids=["a point", "a thin tall strip", "a thin wide strip", "zero width"],
+)
+def test_a_degenerate_box_never_makes_a_huge_view(box: tuple[float, float, float, float]) -> None:
+    """A fuzzed photo gave a box of a few pixels: the whole frame was stretched 640x and the gateway OOM-killed."""
+    image = np.full((3000, 4000, 3), 128, np.uint8)
+    view = box_view(image, box, TYPE_WIDTH)
+    assert view.shape[0] * view.shape[1] <= (2 * TYPE_WIDTH) ** 2
+    assert blur_type(image, box) in ("motion", "defocus")
