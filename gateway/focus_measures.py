@@ -142,15 +142,18 @@ def _structure_tensor(grey: F32, sigma: float, weight: F32) -> npt.NDArray[np.fl
     return np.array([[xx, xy], [xy, yy]])
 
 
-def directional_ratio(view: np.ndarray, inner: float = TYPE_INNER, excluded: Mask | None = None) -> float:
+def directional_ratio(
+    view: np.ndarray, inner: float = TYPE_INNER, excluded: Mask | None = None, ellipse: Mask | None = None
+) -> float:
     """Smallest / largest fine-to-coarse energy ratio over directions, inside an ellipse of ``inner`` of the
-    view's size, glare and marks (``excluded``, found here when None) left out (1.0 with too little to measure)."""
+    view's size (``ellipse``, when already drawn), glare and marks (``excluded``, found here when None) left out
+    (1.0 with too little to measure)."""
     h, w = view.shape[:2]
     if min(h, w) < _MIN_SIDE:
         return 1.0
     if excluded is None:
         excluded = cv2.dilate(glare_and_marks(view).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    valid = _ellipse(h, w, inner) & ~excluded
+    valid = (_ellipse(h, w, inner) if ellipse is None else ellipse) & ~excluded
     if np.count_nonzero(valid) < 100:
         return 1.0
     grey, weight = view[..., 1].astype(np.float32), valid.astype(np.float32)
@@ -251,7 +254,7 @@ def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
         out[5 + k] = (
             math.log(float(np.median(fine[counted] / structure[counted])) + 1e-6) if counted.sum() >= 20 else -10.0
         )
-    out[8] = directional_ratio(view, FEATURE_INNER, excluded)
+    out[8] = directional_ratio(view, FEATURE_INNER, excluded, ellipse)
     values = grey[valid]
     out[11] = math.log(float(values.mean()) + 1.0)
     out[12] = math.log(float(values.std()) + 1e-3)
