@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway import focus_measures  # noqa: E402
-from gateway.engines.progress import BuildProgress  # noqa: E402
 from gateway.evaluation import holdout_blur  # noqa: E402
 from gateway.models.preprocess import crop, preprocess  # noqa: E402
+from gateway.progress import BuildProgress  # noqa: E402
 from gateway.training import dataset, device_photos, evaluate, export, model, train  # noqa: E402
 from gateway.training.dataset import Photo, box_pixels  # noqa: E402
 
