@@ -69,8 +69,8 @@ def shipped_broker(tmp_path: Path) -> Iterator[Broker]:
             "/etc/mosquitto/certs/broker.key": server.key,
             "/etc/mosquitto/passwd": passwd,
             "/etc/mosquitto/colposcopy.acl": SHIPPED_ACL,
-            "/var/lib/mosquitto/": tmp_path / "data",
         },
+        tmp_path / "data",  # standalone: clinic.conf leaves persistence_location to the stock mosquitto.conf
     )
     broker = start_mosquitto(tmp_path / "broker", conf, port=plain, defaults=False)
     yield broker

@@ -29,6 +29,9 @@ def start_demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group: Ctrl-C reaches the whole group, as on a terminal
+        # as on a terminal, Ctrl-C is not ignored: a test run started in the background inherits SIGINT ignored,
+        # which a non-interactive bash cannot trap and Python keeps ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
