@@ -9,6 +9,7 @@ Every case asserts, message by message, what reached whom. Device identity: user
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -23,6 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -464,6 +466,38 @@ def test_only_the_gateway_reads_the_brokers_dropped_counter_and_no_other_sys_top
     assert a.publish(dropped, b"0") == NOT_AUTHORIZED
     time.sleep(1.5)
     assert a.topics() == []
+
+
+def test_the_documented_device_servers_are_the_shipped_device_listeners() -> None:
+    """AsyncAPI's servers and the README's device section name exactly clinic.conf's listeners off loopback."""
+    listeners: dict[str, dict[str, str]] = {}  # port -> the listener's own lines (up to a blank line), and "bind"
+    current: dict[str, str] | None = None
+    for line in SHIPPED_CONF.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "listener":
+            port, _, bind = value.partition(" ")
+            current = listeners[port] = {"bind": bind}
+        elif not line.strip():
+            current = None
+        elif current is not None and not line.startswith("#"):
+            current[key] = value
+    device_ports = {port for port, lines in listeners.items() if lines["bind"] not in ("127.0.0.1", "::1")}
+    assert device_ports == {"8883", "8884"} and all("certfile" in listeners[port] for port in device_ports)
+
+    doc = yaml.safe_load((REPO / "docs" / "asyncapi.yaml").read_text())
+    servers = {server["host"].rpartition(":")[2]: server for server in doc["servers"].values()}
+    assert set(servers) == device_ports, servers
+    schemes = doc["components"]["securitySchemes"]
+    for port, server in servers.items():
+        assert server["protocol"] == "secure-mqtt", server
+        [scheme] = [schemes[ref["$ref"].rpartition("/")[2]]["type"] for ref in server["security"]]
+        assert scheme == ("X509" if listeners[port].get("require_certificate") == "true" else "userPassword")
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### For device-app developers") : readme.index("## Configuration")]
+    urls = re.findall(r"\b(mqtts?)://[^:/\s\"]+:(\d+)", section)
+    assert urls and all(scheme == "mqtts" and port in device_ports for scheme, port in urls), urls
+    assert all(port in section for port in device_ports) and "1883" not in section
 
 
 def test_mutual_tls_identity_is_the_certificate_cn(secure: SecureBroker, connect: Any) -> None:
