@@ -4,13 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: the broker (and mosquitto_passwd), openssl (throw-away TLS certificates),
-# systemd-analyze (the unit's check), jemalloc (the unit preloads it; the test and the benchmark run the gateway on
-# it), libturbojpeg0 (the JPEG decoder, through PyTurboJPEG), python3-venv. Only what is missing is installed.
+# Debian packages the tests use: the broker (and mosquitto_passwd), its clients (mosquitto_sub), openssl (throw-away
+# TLS certificates), systemd-analyze (the unit's check), jemalloc (the unit preloads it; the test and the benchmark
+# run the gateway on it), libturbojpeg0 (the JPEG decoder, through PyTurboJPEG), python3-venv. Only what is missing
+# is installed.
 packages=()
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || packages+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || packages+=(mosquitto)
 [ -f /etc/mosquitto/mosquitto.conf ] || packages+=(mosquitto)  # the stock file clinic.conf is tested under
+command -v mosquitto_sub >/dev/null 2>&1 || packages+=(mosquitto-clients)  # the README's status check, tested
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || packages+=(systemd)
 { ldconfig -p || /sbin/ldconfig -p; } 2>/dev/null | grep -q libjemalloc.so.2 || packages+=(libjemalloc2)  # /sbin: not on a user PATH

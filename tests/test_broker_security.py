@@ -9,6 +9,8 @@ Every case asserts, message by message, what reached whom. Device identity: user
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import socket
 import ssl
@@ -23,6 +25,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -38,12 +41,14 @@ from tests.conftest import Broker, free_port, start_mosquitto
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONF = REPO / "config" / "mosquitto" / "clinic.conf"
 SHIPPED_ACL = REPO / "config" / "mosquitto" / "colposcopy.acl"
+CA_PATH = "/etc/mosquitto/certs/ca.crt"
 
 GATEWAY = "colposcopy-gateway"
 A = "clinic-a/eva-07"  # the hostile device
 B = "clinic-a/eva-08"  # another device of the same site
 C = "clinic-b/eva-07"  # same device name, another site
-PASSWORDS = {A: "pw-a-7f3e", B: "pw-b-91c2", C: "pw-c-0d4a", GATEWAY: "pw-gw-5b8e"}
+MONITOR = "colposcopy-monitor"  # the read-only monitoring account (the README's status check)
+PASSWORDS = {A: "pw-a-7f3e", B: "pw-b-91c2", C: "pw-c-0d4a", GATEWAY: "pw-gw-5b8e", MONITOR: "pw-mon-3a61"}
 
 NOT_AUTHORIZED = 0x87
 BAD_CREDENTIALS = 0x86
@@ -464,6 +469,104 @@ def test_only_the_gateway_reads_the_brokers_dropped_counter_and_no_other_sys_top
     assert a.publish(dropped, b"0") == NOT_AUTHORIZED
     time.sleep(1.5)
     assert a.topics() == []
+
+
+def test_monitor_reads_the_gateways_status_and_nothing_else(secure: SecureBroker, connect: Any) -> None:
+    gw = gateway_account(connect, secure)  # watches every image topic
+    status_topic, status = "colposcopy/gateways/gw-monitor-test/status", b'{"state": "online"}'
+    gw.client.publish(status_topic, status, qos=1, retain=True).wait_for_publish(5)
+    monitor = connect(secure.tls_port, username=MONITOR, password=PASSWORDS[MONITOR], tls=True)
+    snoop = ["#", "colposcopy/#", "colposcopy/+/+/images", "colposcopy/+/+/images/+", "colposcopy/+/+/verdicts"]
+    snoop += ["colposcopy/+/+/recapture", "colposcopy/+/+/replies/#", "$share/m/colposcopy/+/+/images", "$SYS/#"]
+    snoop += [f"colposcopy/{MONITOR}/#"]
+    codes = {topic: monitor.subscribe(topic) for topic in snoop}
+    assert all(code in ([1], [NOT_AUTHORIZED]) for code in codes.values()), codes  # 2.0: granted, then filtered
+    assert monitor.subscribe("colposcopy/gateways/+/status") == [1]
+    assert {m.payload for m in monitor.wait_for(1, status_topic)} == {status}  # the retained status
+
+    forged = [ns(A) + "images", ns(A) + "images/IMG-m", ns(A) + "verdicts", ns(A) + "replies/r", status_topic]
+    # what the device patterns would grant this username; .../images/images is a photo topic of "device" images
+    forged += [f"colposcopy/{MONITOR}/images", f"colposcopy/{MONITOR}/images/images", f"colposcopy/{MONITOR}/x"]
+    forged += ["$SYS/broker/publish/messages/dropped", "other/topic"]
+    for topic in forged:
+        assert monitor.publish(topic, b"from the monitor") == NOT_AUTHORIZED, topic
+
+    a = device(connect, secure, A)
+    assert a.publish(ns(A) + "images", b"a photo") == 0
+    for leaf in ("verdicts", "recapture", "replies/r1"):
+        assert gw.publish(ns(A) + leaf, b'{"for": "A"}') == 0
+    marker = b'{"state": "degraded"}'  # sent after everything else
+    gw.client.publish(status_topic, marker, qos=1, retain=True).wait_for_publish(5)
+    assert monitor._wait(lambda: any(m.payload == marker for m in monitor.messages), 10)
+    time.sleep(0.3)
+    statuses = re.compile(r"colposcopy/gateways/[^/]+/status")  # (other tests' gateways may have left theirs)
+    assert all(statuses.fullmatch(topic) for topic in monitor.topics()), monitor.topics()
+    assert {m.payload for m in monitor.messages if m.topic == status_topic} == {status, marker}
+    assert [(m.topic, m.payload) for m in gw.wait_for(1)] == [(ns(A) + "images", b"a photo")]  # no forged photo
+    gw.client.publish(status_topic, b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_the_documented_device_servers_are_the_shipped_device_listeners() -> None:
+    """AsyncAPI's servers and the README's device section name exactly clinic.conf's listeners off loopback."""
+    listeners: dict[str, dict[str, str]] = {}  # port -> the listener's own lines (up to a blank line), and "bind"
+    current: dict[str, str] | None = None
+    for line in SHIPPED_CONF.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "listener":
+            port, _, bind = value.partition(" ")
+            current = listeners[port] = {"bind": bind}
+        elif not line.strip():
+            current = None
+        elif current is not None and not line.startswith("#"):
+            current[key] = value
+    device_ports = {port for port, lines in listeners.items() if lines["bind"] not in ("127.0.0.1", "::1")}
+    assert device_ports == {"8883", "8884"} and all("certfile" in listeners[port] for port in device_ports)
+
+    doc = yaml.safe_load((REPO / "docs" / "asyncapi.yaml").read_text())
+    servers = {server["host"].rpartition(":")[2]: server for server in doc["servers"].values()}
+    assert set(servers) == device_ports, servers
+    schemes = doc["components"]["securitySchemes"]
+    for port, server in servers.items():
+        assert server["protocol"] == "secure-mqtt", server
+        [scheme] = [schemes[ref["$ref"].rpartition("/")[2]]["type"] for ref in server["security"]]
+        assert scheme == ("X509" if listeners[port].get("require_certificate") == "true" else "userPassword")
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### For device-app developers") : readme.index("## Configuration")]
+    urls = re.findall(r"\b(mqtts?)://[^:/\s\"]+:(\d+)", section)
+    assert urls and all(scheme == "mqtts" and port in device_ports for scheme, port in urls), urls
+    assert all(port in section for port in device_ports) and "1883" not in section
+
+
+def readme_status_check(host: str, port: int, ca: Path, password: str) -> list[tuple[str, dict[str, Any]]]:
+    """Run the README's check of deployment step 3 (mosquitto_sub as the monitoring account over TLS) against
+    ``host:port`` with ``ca``: (topic, status) of every status it printed."""
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        pytest.fail("mosquitto_sub is not installed: the mosquitto-clients package (scripts/bootstrap.sh installs it)")
+    readme = (REPO / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.strip() for line in readme.splitlines() if line.strip().startswith("mosquitto_sub ")]
+    assert len(commands) == 1, f"the README has not one mosquitto_sub command line (a code block) but {commands}"
+    command = commands[0]
+    for shipped, here in (("-h gateway.local", f"-h {host}"), ("-p 8883", f"-p {port}"), (CA_PATH, str(ca))):
+        assert command.count(shipped) == 1, f"the README's check no longer says {shipped!r}: {command}"
+        command = command.replace(shipped, here)
+    env = {**os.environ, "MONITOR_PASSWORD": password}
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode in (0, 27), result  # 27: -W's timeout, after printing what arrived
+    lines = [line.partition(" ") for line in result.stdout.splitlines()]
+    return [(topic, dict(json.loads(payload))) for topic, _, payload in lines]
+
+
+def test_the_readmes_status_check_runs_as_the_monitor_over_tls(secure: SecureBroker, connect: Any) -> None:
+    gw = connect(secure.plain_port, username=GATEWAY, password=PASSWORDS[GATEWAY])
+    topic, status = "colposcopy/gateways/gw-readme/status", {"state": "online", "gateway_id": "gw-readme"}
+    gw.client.publish(topic, json.dumps(status), qos=1, retain=True).wait_for_publish(5)
+    try:
+        printed = readme_status_check("127.0.0.1", secure.tls_port, secure.ca.cert, PASSWORDS[MONITOR])
+        assert [got for at, got in printed if at == topic] == [status], printed
+    finally:
+        gw.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
 
 
 def test_mutual_tls_identity_is_the_certificate_cn(secure: SecureBroker, connect: Any) -> None:

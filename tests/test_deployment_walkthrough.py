@@ -7,30 +7,27 @@
    enables but does not start the unconfigured service; then the edits the README asks for (broker.url,
    gateway_id, broker.username, the password file), ``config validate``.
 3. Check: ``doctor`` and the gateway as the unit runs them (its credential, state and cache folders and
-   environment), ``/readyz``, the retained status as a device over TLS, and verdicts for a device
-   with ``simulate`` over TLS. It ends with the gateway reporting ``online`` on the secured broker.
+   environment), ``/readyz``, the retained status with the README's mosquitto_sub command (the monitoring
+   account, over TLS), and verdicts for a device with ``simulate`` over TLS. It ends with the gateway reporting
+   ``online`` on the secured broker.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from tests.conftest import free_port
-from tests.test_broker_security import GATEWAY, PASSWORDS
+from tests.test_broker_security import GATEWAY, MONITOR, PASSWORDS, readme_status_check
 from tests.test_install import CONFIG, make_machine
 from tests.test_mosquitto_stock import start_stock_broker
 from tests.test_systemd import unit_settings
@@ -55,29 +52,11 @@ def ready(port: int) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def status_as_a_device(tls_port: int, ca: Path) -> dict[str, Any]:
-    """The README's check: the retained status, read over TLS with a device account (devices may read it)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=DEVICE, protocol=mqtt.MQTTv5)
-    got: list[mqtt.MQTTMessage] = []
-    arrived = threading.Event()
-
-    def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
-        got.append(message)
-        arrived.set()
-
-    client.on_message = on_message
-    client.on_connect = lambda c, _u, _f, reason, _p: c.subscribe("colposcopy/gateways/+/status", qos=1)
-    client.username_pw_set(DEVICE, PASSWORDS[DEVICE])
-    client.tls_set(ca_certs=str(ca))
-    client.connect("127.0.0.1", tls_port)
-    client.loop_start()
-    try:
-        assert arrived.wait(30), "no status message"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    assert got[0].topic == "colposcopy/gateways/gw-clinic-a/status" and got[0].retain
-    return dict(json.loads(got[0].payload))
+def status_as_the_monitor(tls_port: int, ca: Path) -> dict[str, Any]:
+    """The README's check: its mosquitto_sub command, as the monitoring account over TLS, prints the status."""
+    printed = readme_status_check("127.0.0.1", tls_port, ca, PASSWORDS[MONITOR])
+    [status] = [got for topic, got in printed if topic == "colposcopy/gateways/gw-clinic-a/status"]
+    return status
 
 
 def test_the_readme_deployment_steps_end_with_an_online_gateway_on_the_secured_broker(tmp_path: Path) -> None:
@@ -154,11 +133,11 @@ def test_the_readme_deployment_steps_end_with_an_online_gateway_on_the_secured_b
         assert simulated.returncode == 0, simulated.stdout + simulated.stderr
         assert "photos sent: 3, answered: 3, unanswered: 0" in simulated.stdout
 
-        status = status_as_a_device(ports["8883"], ca)
+        status = status_as_the_monitor(ports["8883"], ca)
         assert (status["state"], status["backend"]) == ("online", "onnxruntime"), status
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(60) == 0
-        assert status_as_a_device(ports["8883"], ca)["state"] == "offline"
+        assert status_as_the_monitor(ports["8883"], ca)["state"] == "offline"
     finally:
         if gateway is not None and gateway.poll() is None:
             gateway.kill()
