@@ -117,7 +117,8 @@ class Judge:
             decision = self._policy.decide(device, request.image_id, assessment)
         except Exception:
             log.exception("pipeline_failed", site=request.site, device=request.device, image_id=request.image_id)
-            return Judged(self.error(request, Reason.INTERNAL, "the gateway failed to assess this photo"))
+            failed = self.error(request, Reason.INTERNAL, "the gateway failed to assess this photo", backend=backend)
+            return Judged(failed)
         finally:
             self.pipeline.slot.release(backend)  # a replaced backend closes once no photo holds it
         done = time.monotonic()
@@ -166,9 +167,16 @@ class Judge:
         return Judged(verdict, recapture, assessment, decoded.pixels)
 
     def error(
-        self, request: PhotoRequest, reason: Reason, detail: str, retry_after_ms: int | None = None
+        self,
+        request: PhotoRequest,
+        reason: Reason,
+        detail: str,
+        retry_after_ms: int | None = None,
+        backend: Backend | None = None,
     ) -> VerdictMessage:
-        """An ``error`` verdict for a photo that could not be judged."""
+        """An ``error`` verdict for a photo that could not be judged; ``backend``: the one that failed on it (the
+        slot may have switched away from it since, e.g. after its third failure in a row)."""
+        backend = backend or self.pipeline.backend
         return VerdictMessage(
             image_id=request.image_id,
             site=request.site,
@@ -179,8 +187,8 @@ class Judge:
             cervix=None,
             retry_after_ms=retry_after_ms,
             detail=detail,
-            backend=self.pipeline.backend.name,
-            models=dict(self.pipeline.backend.models),
+            backend=backend.name,
+            models=dict(backend.models),
             timings_ms={"total": _ms(time.monotonic() - request.received_monotonic)},
             received_at=request.received_at,
             decided_at=utc_timestamp(),
