@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from gateway.runtimes.runtime import InferenceError, Runtime, TensorInfo
+from gateway.runtimes.runtime import InferenceError, Runtime, Wrapper
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class _Call:
     error: BaseException | None = None
 
 
-class BatchingRuntime:
+class BatchingRuntime(Wrapper):
     """A ``Runtime`` that batches concurrent calls to ``inner`` (whose batch dimension must be dynamic)."""
 
     def __init__(
@@ -65,7 +65,7 @@ class BatchingRuntime:
         max_wait_ms: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1e3
         self._on_batch = on_batch
@@ -78,18 +78,6 @@ class BatchingRuntime:
         self._buffers: dict[str, np.ndarray] = {}
         self._thread = threading.Thread(target=self._dispatch, name=f"batcher-{inner.engine}", daemon=True)
         self._thread.start()
-
-    @property
-    def engine(self) -> str:
-        return self.inner.engine
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self.inner.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self.inner.outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(inputs.values())))

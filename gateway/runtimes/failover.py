@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from gateway.runtimes.runtime import InferenceError, Runtime, TensorInfo
+from gateway.runtimes.runtime import InferenceError, Runtime, Wrapper
 
 
 class FailureCount:
@@ -33,24 +33,12 @@ class FailureCount:
             self._on_broken(error)
 
 
-class Watched:
+class Watched(Wrapper):
     """``inner``, each call's outcome counted in ``failures``."""
 
     def __init__(self, inner: Runtime, failures: FailureCount) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._failures = failures
-
-    @property
-    def engine(self) -> str:
-        return self.inner.engine
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        return self.inner.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self.inner.outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

@@ -50,5 +50,24 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
+class Wrapper:
+    """Base of a runtime around ``inner`` (batching, failure counting): the same engine and tensors."""
+
+    def __init__(self, inner: Runtime) -> None:
+        self.inner = inner
+
+    @property
+    def engine(self) -> str:
+        return self.inner.engine
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self.inner.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self.inner.outputs
+
+
 def shapes(infos: tuple[TensorInfo, ...]) -> dict[str, tuple[int | None, ...]]:
     return {info.name: info.shape for info in infos}
