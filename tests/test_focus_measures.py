@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.focus_measures import blur_type, directional_ratio, glare_and_marks
+from gateway.focus_measures import blur_type, box_view, directional_ratio, focus_v1, glare_and_marks
 from gateway.scenes import Blur, SceneSpec, render
 
 W, H = 1200, 900
@@ -64,3 +64,14 @@ def test_glare_and_marks_are_masked_and_tissue_is_not() -> None:
     changed = np.abs(drawn.astype(int) - image.astype(int)).max(axis=2) > 60
     assert mask[changed].mean() > 0.7  # the strokes (their anti-aliased edges excepted)
     assert mask[~changed].mean() < 0.05  # the tissue, apart from its own glints
+
+
+@pytest.mark.parametrize("shape", [(1, 20000, 3), (20000, 1, 3), (3, 3, 3), (9000, 40, 3), (12, 16000, 3)])
+def test_slivers_and_tiny_photos_give_small_views_and_an_answer(shape: tuple[int, int, int]) -> None:
+    """A device may send any shape: the measures stay bounded (a sliver once made a view of gigabytes)."""
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    for box in (None, (0.4, 0.4, 0.6, 0.6), (0.0, 0.0, 1.0, 1.0)):
+        view = box_view(image, box, 640)
+        assert view.shape[0] <= 1280 and view.shape[1] <= 1280
+        assert blur_type(image, box) in ("motion", "defocus")
+        assert np.isfinite(focus_v1(image, box)).all()
