@@ -93,7 +93,7 @@ def own_rows(runtime: Any, feeds: list[dict[str, np.ndarray]], alone: list[dict[
 
 
 def model_checks(smoke: Smoke, manifest: Any, spec: Any, plan: Path, max_batch: int) -> None:
-    from gateway.engines.reference import batch, check, load_reference
+    from gateway.engines.reference import check, load_reference
     from gateway.runtimes.batching import BatchingRuntime
     from gateway.runtimes.runtime import InferenceError
     from gateway.runtimes.tensorrt import TensorRTRuntime
@@ -105,7 +105,8 @@ def model_checks(smoke: Smoke, manifest: Any, spec: Any, plan: Path, max_batch: 
     runtime = TensorRTRuntime(plan)
     observer = TensorRTRuntime(plan)  # reads free memory while the others open and close
     try:
-        feeds = [batch(spec, [image]) for image in reference.images]
+        rows = len(reference.images)
+        feeds = [reference.feeds(spec, [row]) for row in range(rows)]
         parity = f"{spec.name}: parity at batch 1 and {max_batch}"
         smoke.check(parity, lambda: check(spec, reference, runtime, max_batch))
         alone = [runtime.run(feed) for feed in feeds]
@@ -121,9 +122,8 @@ def model_checks(smoke: Smoke, manifest: Any, spec: Any, plan: Path, max_batch: 
         smoke.check(f"{spec.name}: own rows, {THREADS} callers, through the batcher", batched)
 
         def over_the_profile() -> list[str]:
-            images = [reference.images[i % len(reference.images)] for i in range(max_batch + 1)]
             try:
-                runtime.run(batch(spec, images))
+                runtime.run(reference.feeds(spec, [i % rows for i in range(max_batch + 1)]))
             except InferenceError:
                 return []
             return [f"a batch of {max_batch + 1} was accepted (profile maximum {max_batch})"]
@@ -142,7 +142,7 @@ def model_checks(smoke: Smoke, manifest: Any, spec: Any, plan: Path, max_batch: 
             return [] if isinstance(answer[0], InferenceError) else [f"run() after close() gave {answer[0]!r}"]
 
         smoke.check(f"{spec.name}: run() after close() answers", after_close)
-        full = batch(spec, [reference.images[i % len(reference.images)] for i in range(max_batch)])
+        full = reference.feeds(spec, [i % rows for i in range(max_batch)])
 
         def steady() -> list[str]:
             for _ in range(smoke.warmup):

@@ -59,6 +59,8 @@ MARK_SATURATION = 110
 """Drawn marks: HSV saturation at least this, hue yellow to violet (tissue is red to orange)..."""
 MARK_MAX_AREA = 0.01
 """...in connected patches smaller than this fraction of the view."""
+MAX_VIEW_SIDE_RATIO = 2.0
+"""A view's longer side is at most this many times its nominal width (odd shapes and slivers are shrunk)."""
 MARK_STROKE = 15
 """Drawn strokes up to about this wide (px of the view) are marks."""
 _STROKE_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (MARK_STROKE, MARK_STROKE))
@@ -106,10 +108,6 @@ def glare_and_marks(
     return glare | marks
 
 
-_MAX_VIEW_SIDES = 2
-"""A view holds at most (this x its width)^2 pixels, whatever box a photo (or a fuzzer) yields."""
-
-
 def box_view(image: np.ndarray, box: Box | None, width: int, margin: float = 0.0, central: float = 0.6) -> np.ndarray:
     """The region of ``box`` widened by ``margin`` of its size on each side (no box: the central ``central`` of
     the frame), resampled so that the box itself is ``width`` px wide (aspect kept)."""
@@ -121,13 +119,13 @@ def box_view(image: np.ndarray, box: Box | None, width: int, margin: float = 0.0
     mx, my = (x1 - x0) * margin, (y1 - y0) * margin
     left, right = (min(max(round(v * w), 0), w) for v in (x0 - mx, x1 + mx))
     top, bottom = (min(max(round(v * h), 0), h) for v in (y0 - my, y1 + my))
-    if right - left < _MIN_SIDE or bottom - top < _MIN_SIDE:  # a degenerate box: the whole frame stands for it
-        left, top, right, bottom = 0, 0, w, h
-        x0, x1 = 0.0, 1.0
-    region = image[top:bottom, left:right]
     scale = width / max(1.0, (x1 - x0) * w)
-    # a thin, tall box would be stretched far past the frame: never more than _MAX_VIEW_SIDES x width squared pixels
-    scale = min(scale, _MAX_VIEW_SIDES * width / math.sqrt(region.shape[0] * region.shape[1]))
+    if right - left < _MIN_SIDE or bottom - top < _MIN_SIDE:
+        left, top, right, bottom = 0, 0, w, h
+        scale = width / w
+    region = image[top:bottom, left:right]
+    # never more than MAX_VIEW_SIDE_RATIO times the width on a side: a sliver of a photo must not become a huge view
+    scale = min(scale, MAX_VIEW_SIDE_RATIO * width / max(region.shape[:2]))
     return resize(region, max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
 
 

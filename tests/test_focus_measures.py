@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gateway.focus_measures import TYPE_WIDTH, blur_type, box_view, directional_ratio, glare_and_marks
+from gateway.focus_measures import TYPE_WIDTH, blur_type, box_view, directional_ratio, focus_v1, glare_and_marks
 from gateway.scenes import Blur, SceneSpec, render
 
 W, H = 1200, 900
@@ -77,3 +77,14 @@ def test_a_degenerate_box_never_makes_a_huge_view(box: tuple[float, float, float
     view = box_view(image, box, TYPE_WIDTH)
     assert view.shape[0] * view.shape[1] <= (2 * TYPE_WIDTH) ** 2
     assert blur_type(image, box) in ("motion", "defocus")
+
+
+@pytest.mark.parametrize("shape", [(1, 20000, 3), (20000, 1, 3), (3, 3, 3), (9000, 40, 3), (12, 16000, 3)])
+def test_slivers_and_tiny_photos_give_small_views_and_an_answer(shape: tuple[int, int, int]) -> None:
+    """A device may send any shape: the measures stay bounded (a sliver once made a view of gigabytes)."""
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    for box in (None, (0.4, 0.4, 0.6, 0.6), (0.0, 0.0, 1.0, 1.0)):
+        view = box_view(image, box, 640)
+        assert view.shape[0] <= 1280 and view.shape[1] <= 1280
+        assert blur_type(image, box) in ("motion", "defocus")
+        assert np.isfinite(focus_v1(image, box)).all()

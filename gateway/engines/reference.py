@@ -36,6 +36,13 @@ class Reference:
     outputs: dict[str, np.ndarray]
     """FP32 outputs by name, one row per image."""
     onnx_sha256: str
+    measures: np.ndarray | None = None
+    """A fused focus model's second input, ``[rows, K]``: the classical measures of the photo each crop came from."""
+
+    def feeds(self, spec: ModelSpec, rows: list[int]) -> dict[str, np.ndarray]:
+        """The model's inputs for these rows, as one batch."""
+        measures = None if self.measures is None else self.measures[rows]
+        return batch(spec, [self.images[r] for r in rows], measures)
 
 
 def reference_path(manifest: Manifest, spec: ModelSpec) -> Path:
@@ -53,14 +60,20 @@ def load_reference(manifest: Manifest, spec: ModelSpec) -> Reference | None:
         images = [data[f"image_{i}"] for i in range(count)]
         outputs = {name[len("output_") :]: data[name] for name in data.files if name.startswith("output_")}
         sha = str(data["onnx_sha256"])
+        measures = data["measures"] if "measures" in data.files else None
     if sha != spec.sha256:
         raise ValueError(f"{path.name} was made from another ONNX file ({sha[:12]}...): run python -m {__name__}")
-    return Reference(images, outputs, sha)
+    return Reference(images, outputs, sha, measures)
 
 
-def batch(spec: ModelSpec, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The images preprocessed as the manifest says, as one batch."""
-    return {spec.input.name: np.concatenate([preprocess(image, spec.input)[0] for image in images])}
+def batch(spec: ModelSpec, images: list[np.ndarray], measures: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The images preprocessed as the manifest says (and a fused model's measures, one row each), as one batch."""
+    feeds = {spec.input.name: np.concatenate([preprocess(image, spec.input)[0] for image in images])}
+    if spec.measures is not None:
+        if measures is None:
+            raise ValueError(f"{spec.name} takes {spec.measures.name} besides the crop: the reference has none")
+        feeds[spec.measures.name] = np.asarray(measures, dtype=np.float32)
+    return feeds
 
 
 def probabilities(spec: ModelSpec, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -93,34 +106,42 @@ def check(spec: ModelSpec, reference: Reference, runtime: Runtime, max_batch: in
     count = len(reference.images)
     problems = []
     for row in range(count):
-        got = probabilities(spec, runtime.run(batch(spec, reference.images[row : row + 1])))
+        got = probabilities(spec, runtime.run(reference.feeds(spec, [row])))
         problems += compare(spec, want, got, [row], "batch 1")
     for start in range(0, count, max_batch):
         rows = list(range(start, min(count, start + max_batch)))
-        got = probabilities(spec, runtime.run(batch(spec, [reference.images[r] for r in rows])))
+        got = probabilities(spec, runtime.run(reference.feeds(spec, rows)))
         problems += compare(spec, want, got, rows, f"batch {len(rows)}")
     return problems
 
 
 def write_reference(
-    manifest: Manifest, spec: ModelSpec, images: list[np.ndarray], open_fp32: Callable[[Path], Runtime]
+    manifest: Manifest,
+    spec: ModelSpec,
+    images: list[np.ndarray],
+    open_fp32: Callable[[Path], Runtime],
+    measures: np.ndarray | None = None,
 ) -> Path:
-    """Run ``images`` through the ONNX file in FP32 and save both beside it."""
+    """Run ``images`` (and a fused model's ``measures``) through the ONNX file in FP32 and save all beside it."""
     runtime = open_fp32(manifest.onnx_path(spec))
     try:
-        outputs = runtime.run(batch(spec, images))
+        outputs = runtime.run(batch(spec, images, measures))
     finally:
         runtime.close()
     path = reference_path(manifest, spec)
     arrays = {f"image_{i}": image for i, image in enumerate(images)}
     arrays |= {f"output_{name}": np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
+    if measures is not None:
+        arrays["measures"] = np.asarray(measures, dtype=np.float32)
     sha = hashlib.sha256(manifest.onnx_path(spec).read_bytes()).hexdigest()
     np.savez_compressed(path, onnx_sha256=np.array(sha), **arrays)  # type: ignore[arg-type]
     return path
 
 
-def synthetic_images(spec: ModelSpec) -> list[np.ndarray]:
-    """Four scenes unlike each other: sharp, defocused, motion-blurred or without a cervix, and dark."""
+def synthetic_inputs(spec: ModelSpec) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Four scenes unlike each other: sharp, defocused, motion-blurred or without a cervix, and dark; for a fused
+    focus model, also the classical measures of each scene's cervix."""
+    from gateway.focus_measures import features
     from gateway.scenes import SceneSpec, render
 
     if spec.task == "focus_classifier":
@@ -131,14 +152,17 @@ def synthetic_images(spec: ModelSpec) -> list[np.ndarray]:
             SceneSpec(width=800, height=600, brightness=0.6, seed=8),
         ]
         scenes = [render(s) for s in specs]
-        return [np.ascontiguousarray(crop(s.image, s.cervix_box, spec.crop_margin)) for s in scenes]
+        crops = [np.ascontiguousarray(crop(s.image, s.cervix_box, spec.crop_margin)) for s in scenes]
+        if spec.measures is None:
+            return crops, None
+        return crops, np.stack([features(spec.measures.set, s.image, s.cervix_box) for s in scenes])
     specs = [
         SceneSpec(width=400, height=300, seed=1),
         SceneSpec(width=400, height=300, blur="defocus", blur_px=3.0, seed=2),
         SceneSpec(width=400, height=300, cervix=False, seed=3),
         SceneSpec(width=400, height=300, brightness=0.5, seed=4),
     ]
-    return [render(s).image for s in specs]
+    return [render(s).image for s in specs], None
 
 
 def write_references(manifest_path: Path) -> list[Path]:
@@ -146,7 +170,11 @@ def write_references(manifest_path: Path) -> list[Path]:
     from gateway.runtimes.onnxruntime import OnnxRuntime
 
     manifest = load_manifest(manifest_path)
-    return [write_reference(manifest, spec, synthetic_images(spec), OnnxRuntime) for spec in manifest.models]
+    paths = []
+    for spec in manifest.models:
+        images, measures = synthetic_inputs(spec)
+        paths.append(write_reference(manifest, spec, images, OnnxRuntime, measures))
+    return paths
 
 
 def main(argv: list[str]) -> int:

@@ -587,6 +587,10 @@ MANIFEST_EXAMPLE = """\
 #     metrics: {ap50: 0.0, recall_at_threshold: 0.0}
 #     intended_use: quality gate before automated screening; not a diagnosis
 #     limitations: known failure cases
+#
+# A focus_classifier may also have (see gateway/models/manifest.py):
+# recapture_threshold: 0.45            # raw sharp probability below which it recaptures (-> the policy's 0.4)
+# measures: {name: measures, set: focus-v1, count: 14}   # a second input [N, 14]: classical measures, numpy
 """
 
 
