@@ -416,6 +416,45 @@ def test_a_plan_that_does_not_reproduce_the_fp32_reference_is_refused(
     assert "focus-classifier: the new plan reproduces the FP32 reference (4 rows, batch 1 and batches)" in out
 
 
+def test_a_fused_focus_model_builds_checks_its_reference_and_judges_on_tensorrt(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fused model's second input (classical measures) reaches the plan, its reference and its verdicts."""
+    from gateway.engines.command import build
+    from gateway.engines.reference import write_references
+    from gateway.focus_measures import FOCUS_V1
+    from tests.onnx_models import (
+        DETECTOR_CLS,
+        DETECTOR_REG,
+        DETECTOR_SIZE,
+        classifier_entry,
+        constant_retinanet,
+        detector_entry,
+        fused_classifier,
+        write_manifest,
+    )
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    weights = np.zeros(len(FOCUS_V1), np.float32)
+    weights[FOCUS_V1.index("band_0.5_1")] = 1.0
+    det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
+    fused = fused_classifier(folder / "classifier.onnx", 16, weights, -3.0)
+    measures = {"name": "measures", "set": "focus-v1", "count": len(FOCUS_V1)}
+    entries = [detector_entry(det), classifier_entry(fused, threshold=0.5, measures=measures)]
+    write_references(write_manifest(folder, entries))
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    out = capsys.readouterr().out
+    assert "focus-classifier: the new plan reproduces the FP32 reference (4 rows, batch 1 and batches)" in out
+    judge = build_judge(config)
+    assert judge.pipeline.slot.current.name == "tensorrt", judge.pipeline.slot.reason
+    verdict = judge.judge(PhotoRequest("s", "d", "fused", png(), in_run=False)).verdict
+    assert (verdict.backend, verdict.verdict) != ("tensorrt", "error"), verdict.detail
+    assert verdict.focus is not None and 0.0 <= verdict.focus.sharp_probability <= 1.0
+    judge.pipeline.slot.close()
+
+
 def test_references_are_written_for_every_model_and_reproduced_by_onnxruntime(tmp_path: Path) -> None:
     from gateway.engines.reference import check, load_reference, write_references
     from gateway.runtimes.onnxruntime import OnnxRuntime
