@@ -30,9 +30,10 @@ def test_simulate_without_a_broker_exits_1_with_one_clear_line() -> None:
 
 
 def test_each_run_sends_fresh_ids_and_repeats_are_counted_apart(broker: Broker) -> None:
-    # full-size photos: judging one takes far longer than answering a repeat from the store, which is what tells
-    # a repeat apart (its verdict's received-to-decided time exceeds the whole round trip of the resend)
-    photos = generated_photos(1600, 1200)[:3]
+    # 12 MP photos: judging one takes far longer than answering a repeat from the store, which is what tells a
+    # repeat apart (its verdict's received-to-decided time exceeds the whole round trip of the resend); at
+    # 1600x1200 an idle machine judged in about 45 ms, as fast as some repeats came back (CI, 1 of 6 missed)
+    photos = generated_photos(4000, 3000)[:3]
     service: GatewayService = start_gateway(gateway_config(broker))
     try:
         runs = [run_devices(broker.url, photos, devices=2, per_device=3, rate_hz=0) for _ in range(2)]
