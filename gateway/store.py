@@ -163,6 +163,8 @@ class VerdictStore:
         self._damaged = False
         self._clock_base = (0.0, _boot_time())
         """(store time, boot time) at the clock's start: ``now`` adds the boot time elapsed since."""
+        self._boot_id = _boot_id()
+        """This boot's id, read once: it cannot change while the process runs."""
         self._db = self._open()
         self._run("clock", lambda db: self._start_clock(db, time.time()), None)
         self.prune()
@@ -179,7 +181,7 @@ class VerdictStore:
         start = unsaved  # a new file, or one written by an older version that dated rows by the wall clock
         try:
             saved = json.loads(saved_text[0]) if saved_text is not None else None
-            if saved is not None and saved["boot_id"] == _boot_id():
+            if saved is not None and saved["boot_id"] == self._boot_id:
                 start = float(saved["now"]) + max(0.0, boot - float(saved["boot_time"]))
             elif saved is not None:
                 start = float(saved["now"]) + max(0.0, wall - float(saved["wall"]))
@@ -194,31 +196,36 @@ class VerdictStore:
         self._save_clock(db)
 
     def _save_clock(self, db: sqlite3.Connection) -> None:
-        clock = {"now": self.now(), "boot_time": _boot_time(), "boot_id": _boot_id(), "wall": time.time()}
+        """Saved at start, with each prune and at close: the clock is derived from boot time, so a copy a few hundred
+        verdicts old restarts it as well as a fresh one would."""
+        clock = {"now": self.now(), "boot_time": _boot_time(), "boot_id": self._boot_id, "wall": time.time()}
         db.execute("INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (json.dumps(clock),))
 
+    def _open_file(self, path: Path) -> sqlite3.Connection:
+        """The file's connection, a damaged file moved aside first; raises OSError or sqlite3.Error."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return _connect(str(path))
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            aside = _move_aside(path)
+            log.error("verdict_store_damaged", path=str(path), error=str(exc), moved_to=str(aside))
+            return _connect(str(path))
+
+    def _cannot_open(self, exc: BaseException) -> str:
+        return f"the verdict store at {self.path} cannot be opened ({exc}): verdicts kept in memory"
+
     def _open(self) -> sqlite3.Connection:
-        """The file's connection (a damaged file moved aside first); in memory, with ``_open_fault``, if it fails."""
+        """The file's connection; in memory, with ``_open_fault``, if it cannot be opened."""
         if self.path is None:
             return _connect(":memory:")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                db = _connect(str(self.path))
-            except sqlite3.DatabaseError as exc:
-                if not _is_damage(exc):
-                    raise
-                aside = _move_aside(self.path)
-                log.error("verdict_store_damaged", path=str(self.path), error=str(exc), moved_to=str(aside))
-                db = _connect(str(self.path))
+            return self._open_file(self.path)
         except (OSError, sqlite3.Error) as exc:
-            self._open_fault = f"the verdict store at {self.path} cannot be opened ({exc}): verdicts kept in memory"
+            self._open_fault = self._cannot_open(exc)
             log.error("verdict_store_unavailable", path=str(self.path), error=str(exc), fallback="memory")
             return _connect(":memory:")
-        if self._open_fault is not None:
-            log.info("verdict_store_reopened", path=str(self.path))
-        self._open_fault, self._damaged = None, False
-        return db
 
     @property
     def in_memory(self) -> bool:
@@ -272,7 +279,6 @@ class VerdictStore:
                 " FROM verdicts WHERE site = ?1 AND device = ?2 ORDER BY decided_at DESC LIMIT 1 OFFSET ?3)",
                 (key.site, key.device, self._max_per_device),
             )
-            self._save_clock(db)
             return True
 
         stored = self._run("write", insert, False)
@@ -340,11 +346,19 @@ class VerdictStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', ?)", (bytes(_PROBE_BYTES),))
             db.execute("DELETE FROM meta WHERE name = 'probe'")
 
-        if self._open_fault is not None or self._damaged:
+        if self.path is not None and (self._open_fault is not None or self._damaged):
+            try:  # the connection in use (the in-memory fallback, with its verdicts) is kept until this works
+                db = self._open_file(self.path)
+            except (OSError, sqlite3.Error) as exc:
+                self._open_fault = self._cannot_open(exc)
+                return False
             running = self.now()
             with self._lock:
                 self._db.close()
-                self._db, self._fault = self._open(), None
+                self._db, self._fault = db, None
+            if self._open_fault is not None:
+                log.info("verdict_store_reopened", path=str(self.path))
+            self._open_fault, self._damaged = None, False
             self._run("clock", lambda db: self._start_clock(db, running), None)
         self._run("write", write, None, clears=True)
         return self.fault is None
@@ -362,6 +376,7 @@ class VerdictStore:
                 "(SELECT decided_at FROM verdicts ORDER BY decided_at DESC LIMIT 1 OFFSET ?)",
                 (self._max_entries,),
             )
+            self._save_clock(db)
             return int(aged.rowcount + over.rowcount)
 
         dropped = self._run("prune", delete, 0)
@@ -374,5 +389,6 @@ class VerdictStore:
         return self._run("count", lambda db: int(db.execute(count).fetchone()[0]), 0)
 
     def close(self) -> None:
+        self._run("clock", self._save_clock, None)
         with self._lock:
             self._db.close()
