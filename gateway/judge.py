@@ -205,7 +205,12 @@ def build_judge(config: GatewayConfig, backend: Backend | None = None) -> Judge:
         max_decoded_bytes=settings.max_decoded_bytes,
     )
     return Judge(
-        Pipeline(backend or load_backend(config), config.exposure, config.policy.sharp_threshold),
+        # the blur type is measured where the policy uses it: out of focus, below the borderline band
+        Pipeline(
+            backend or load_backend(config),
+            config.exposure,
+            config.policy.sharp_threshold - config.policy.borderline_band,
+        ),
         Policy(config.policy),
         limits,
         settings.analysis_long_side,

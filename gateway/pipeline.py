@@ -24,8 +24,8 @@ def load_backend(config: GatewayConfig) -> BackendSlot:
 
 class Pipeline:
     def __init__(self, backend: Backend | BackendSlot, exposure: ExposureConfig, blur_type_below: float = 0.5) -> None:
-        """``blur_type_below``: the blur type is measured for photos under this sharp probability (the policy's
-        threshold), when the backend did not measure it."""
+        """``blur_type_below``: the blur type is measured for photos under this sharp probability (where the
+        policy calls a photo out of focus), when the backend did not measure it."""
         self.slot = backend if isinstance(backend, BackendSlot) else BackendSlot(backend, "given")
         self._exposure = exposure
         self._blur_type_below = blur_type_below
