@@ -219,6 +219,8 @@ def _block_energy(band: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
     """The ``focus-v1`` features (``FOCUS_V1``) of the cervix ``box`` (normalised; None: the central region)."""
+    if box is not None and not all(math.isfinite(v) for v in box):
+        box = None  # as box_view takes it
     w = image.shape[1]
     native = (box[2] - box[0]) * w if box is not None else 0.6 * w
     width = int(max(64, min(FEATURE_WIDTH, round(native))))

@@ -88,3 +88,10 @@ def test_slivers_and_tiny_photos_give_small_views_and_an_answer(shape: tuple[int
         assert view.shape[0] <= 1280 and view.shape[1] <= 1280
         assert blur_type(image, box) in ("motion", "defocus")
         assert np.isfinite(focus_v1(image, box)).all()
+
+
+def test_a_non_finite_box_is_the_central_region_for_the_features_too() -> None:
+    """A detector that overflows gives a NaN box: focus-v1 raised where blur_type coped."""
+    image = np.random.default_rng(1).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    nan = float("nan")
+    assert np.array_equal(focus_v1(image, (nan, 0.2, 0.8, 0.8)), focus_v1(image, None))
