@@ -117,6 +117,24 @@ def test_run_racing_close_always_answers(standin: StandIn, tmp_path: Path) -> No
     assert standin.cuda.allocated == 0 and standin.cuda.contexts == 0
 
 
+def test_a_close_that_times_out_still_releases_the_gpu_once_the_batch_ends(standin: StandIn, tmp_path: Path) -> None:
+    """Before: close emptied the queue, stop marker included, so the thread finished its batch, waited forever and
+    never released the context or the device memory."""
+    from gateway.runtimes.tensorrt import TensorRTRuntime
+
+    runtime = TensorRTRuntime(standin_plan(tmp_path))
+    standin.set("slow_execute:1.5")
+    caller = threading.Thread(target=lambda: runtime.run(crops(1)), daemon=True)
+    caller.start()
+    time.sleep(0.3)  # the batch is running
+    runtime.close(timeout=0.1)
+    caller.join(30)
+    deadline = time.monotonic() + 30
+    while standin.cuda.contexts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert standin.cuda.allocated == 0 and standin.cuda.contexts == 0
+
+
 def test_a_closed_runtime_answers_every_call_with_inference_error(standin: StandIn, tmp_path: Path) -> None:
     from gateway.runtimes.tensorrt import TensorRTRuntime
 

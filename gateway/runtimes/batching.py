@@ -115,6 +115,7 @@ class BatchingRuntime(Wrapper):
             if call is not None:
                 call.error = closed
                 call.done.set()
+        self._calls.put(None)  # the stop marker back, for a dispatcher still inside inner.run to find
         self.inner.close()
 
     def _next(self, timeout: float | None) -> _Call | None:

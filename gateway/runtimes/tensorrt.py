@@ -290,13 +290,16 @@ class TensorRTRuntime:
         self._fail_queued()
 
     def _fail_queued(self) -> None:
+        """Answer the calls still queued; the stop marker goes back, for a thread still busy (a load or a batch
+        past the close's timeout) to find once it is done and release everything."""
         while True:
             try:
                 request = self._requests.get_nowait()
             except queue.Empty:
-                return
+                break
             if request is not None:
                 request.future.set_exception(InferenceError(f"{self.plan.name}: the runtime is closed"))
+        self._requests.put(None)
 
     @contextmanager
     def _current(self) -> Iterator[None]:
