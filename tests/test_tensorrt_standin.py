@@ -191,6 +191,26 @@ def png(value: int = 128) -> bytes:
     return bytes(cv2.imencode(".png", np.full((120, 160, 3), value, dtype=np.uint8))[1].tobytes())
 
 
+def test_one_broken_model_switches_to_onnxruntime_though_the_other_succeeds(standin: StandIn, tmp_path: Path) -> None:
+    """Before: the detector's success on each photo reset the shared count, so a broken focus model failed every
+    photo and the gateway never switched."""
+    from gateway.engines.command import build
+
+    config = gateway_config(tmp_path)
+    assert build(config, [], False) == 0
+    judge = build_judge(config)
+    slot = judge.pipeline.slot
+    assert slot.current.name == "tensorrt", slot.reason
+    standin.set("broken_input:crops")  # the focus classifier's input: the detector keeps working
+    for n in range(3):
+        judge.judge(PhotoRequest("s", "d", f"bad-{n}", png(), in_run=False))
+    deadline = time.monotonic() + 60
+    while slot.current.name == "tensorrt" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (slot.current.name, slot.state) == ("onnxruntime", "degraded")
+    slot.close()
+
+
 def test_a_sticky_cuda_error_switches_to_onnxruntime_degraded_until_restart(standin: StandIn, tmp_path: Path) -> None:
     from gateway.engines.command import build
 

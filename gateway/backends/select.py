@@ -157,7 +157,9 @@ class _Selector:
 
     def _open_tensorrt(self, manifest: Manifest, plans: dict[str, Path]) -> Backend:
         failures = FailureCount(FAILOVER_AFTER, lambda error: self._fail_over(manifest, error))
-        runtimes = open_runtimes(manifest, lambda spec: Watched(self.engines().open(plans[spec.name]), failures))
+        runtimes = open_runtimes(
+            manifest, lambda spec: Watched(self.engines().open(plans[spec.name]), failures, spec.name)
+        )
         return neural_backend("tensorrt", manifest, self._batched(runtimes), self.config.classical)
 
     def _fail_over(self, manifest: Manifest, error: str) -> None:

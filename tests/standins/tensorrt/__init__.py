@@ -1,7 +1,8 @@
 """Stand-in ``tensorrt`` 10 (tests only; see tests/standins/README.md): builds "plans" that ONNX Runtime runs.
 
 Faults (``STANDIN_FAULTS``, read at each call): ``ignore_input`` (inference sees zeros), ``swap_rows`` (the
-rows of a batch come back reversed), ``sticky_after:N`` (after N good runs every ``execute_async_v3`` fails, as
+rows of a batch come back reversed), ``broken_input:NAME`` (every run of a plan with input NAME fails),
+``sticky_after:N`` (after N good runs every ``execute_async_v3`` fails, as
 after a sticky CUDA error), ``execute_raises`` (a Python exception from ``execute_async_v3``), ``slow_execute:S``
 (each run sleeps S seconds), ``no_exec_context`` (``create_execution_context`` gives None: out of memory),
 ``build_raises`` (the builder raises ValueError), ``build_fails`` (it returns None), ``build_steps:N:S`` (N
@@ -192,7 +193,8 @@ class IExecutionContext:
         if _fault("execute_raises") is not None:
             raise ValueError("stand-in: execute_async_v3 raised")
         sticky = _fault("sticky_after")
-        if sticky is not None and runs >= int(sticky[0]):
+        broken = _fault("broken_input")  # only the plans with this input fail (one model's context is broken)
+        if (sticky is not None and runs >= int(sticky[0])) or (broken is not None and broken[0] in self._plan.io):
             _cuda.event("execute_failed")
             return False
         if (slow := _fault("slow_execute")) is not None:
