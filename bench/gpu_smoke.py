@@ -73,14 +73,18 @@ def own_rows(runtime: Any, feeds: list[dict[str, np.ndarray]], alone: list[dict[
 
     def caller(index: int) -> None:
         row = index % len(feeds)
-        barrier.wait(60)
-        for _ in range(3):
-            out = runtime.run(feeds[row])
-            got = np.concatenate([v.ravel() for _, v in sorted(out.items())])
-            nearest = int(np.argmin([np.abs(got - f).max() for f in flat]))
-            if nearest != row and not np.allclose(flat[nearest], flat[row]):
-                with lock:
-                    problems.append(f"caller {index} sent row {row} and got the output of row {nearest}")
+        try:
+            barrier.wait(60)
+            for _ in range(3):
+                out = runtime.run(feeds[row])
+                got = np.concatenate([v.ravel() for _, v in sorted(out.items())])
+                nearest = int(np.argmin([np.abs(got - f).max() for f in flat]))
+                if nearest != row and not np.allclose(flat[nearest], flat[row]):
+                    with lock:
+                        problems.append(f"caller {index} sent row {row} and got the output of row {nearest}")
+        except Exception as exc:  # a failed call is a failed check, not a thread that quietly ends
+            with lock:
+                problems.append(f"caller {index} failed: {type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(THREADS)]
     for t in threads:
