@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.models.manifest import Manifest, ModelSpec
+from gateway.models.manifest import Manifest, ModelSpec, sha256_file
 
 RECIPE = "2"
 """How ``gateway/engines/build.py`` builds (flags, profile, memory pools): change it with the builder, and every
@@ -115,7 +115,7 @@ class EngineCache:
         qdq = None
         if precision == "int8":
             path = self.qdq_path(spec)
-            qdq = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
+            qdq = sha256_file(path) if path.is_file() else "none"
         return PlanKey.of(spec, precision, max_batch, target, qdq)
 
     def timing_cache_path(self, target: Target) -> Path:

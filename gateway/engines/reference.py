@@ -11,7 +11,6 @@ does for a manifest made otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.models.heads import classifier_focus, retinanet_focus
-from gateway.models.manifest import Manifest, ModelSpec, load_manifest
+from gateway.models.manifest import Manifest, ModelSpec, load_manifest, sha256_file
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import sigmoid
 from gateway.runtimes.runtime import Runtime
@@ -133,7 +132,7 @@ def write_reference(
     arrays |= {f"output_{name}": np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
     if measures is not None:
         arrays["measures"] = np.asarray(measures, dtype=np.float32)
-    sha = hashlib.sha256(manifest.onnx_path(spec).read_bytes()).hexdigest()
+    sha = sha256_file(manifest.onnx_path(spec))
     np.savez_compressed(path, onnx_sha256=np.array(sha), **arrays)  # type: ignore[arg-type]
     return path
 
