@@ -365,6 +365,15 @@ def test_cancelling_interrupts_the_build_which_keeps_its_timing_cache(standin: S
     assert [p.read_bytes() for p in (tmp_path / "cache").glob("timing_*.cache")] == [b"timing+"]
 
 
+def test_cancelling_a_build_in_a_long_step_fits_the_units_stop_timeout(standin: StandIn, tmp_path: Path) -> None:
+    """Before: the gateway's stop waited up to 60 s for the step to end, then 10 s more: past TimeoutStopSec=30."""
+    engines, thread, _outcome = slow_build_started(standin, tmp_path, steps="4:40")
+    started = time.monotonic()
+    engines.cancel()
+    thread.join(120)
+    assert time.monotonic() - started < 15
+
+
 def test_a_build_past_its_time_limit_is_stopped(standin: StandIn, tmp_path: Path) -> None:
     from gateway.engines.provider import BuildFailed
 

@@ -40,7 +40,10 @@ class TensorRTEngines:
         self._process: subprocess.Popen[str] | None = None
         self._cancelled = threading.Event()
         self.interrupt_wait_s = 60.0
-        """How long an interrupted build may take to stop before SIGTERM."""
+        """How long a build stopped at its time limit may take to stop after SIGINT, before SIGTERM."""
+        self.cancel_wait_s = 5.0
+        """The same when the gateway stops (``cancel``): the unit's TimeoutStopSec (30 s) also covers the photos'
+        grace, so the timing cache gets a few seconds and the build is then terminated."""
 
     def probe(self) -> tuple[Target | None, str]:
         """The build target here, or None and why TensorRT cannot run."""
@@ -115,7 +118,7 @@ class TensorRTEngines:
 
         def time_out() -> None:
             timed_out.set()
-            self._stop(process)
+            self._stop(process, self.interrupt_wait_s)
 
         timer = threading.Timer(limit, time_out)
         timer.daemon = True
@@ -141,11 +144,11 @@ class TensorRTEngines:
         self._cancelled.set()
         process = self._process
         if process is not None:
-            self._stop(process)
+            self._stop(process, self.cancel_wait_s)
 
-    def _stop(self, process: subprocess.Popen[str]) -> None:
+    def _stop(self, process: subprocess.Popen[str], interrupt_wait_s: float) -> None:
         """SIGINT first (the builder stops at its next step and saves its timing cache), then SIGTERM, then SIGKILL."""
-        for sig, wait_s in ((signal.SIGINT, self.interrupt_wait_s), (signal.SIGTERM, 10.0)):
+        for sig, wait_s in ((signal.SIGINT, interrupt_wait_s), (signal.SIGTERM, min(10.0, interrupt_wait_s))):
             if process.poll() is not None:
                 return
             process.send_signal(sig)
