@@ -64,8 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     service.start()  # READY=1, STATUS= and WATCHDOG=1 from here on: gateway.systemd.Notifier
     stop.wait()
     structlog.get_logger("gateway").info("stopping", signal="received")
-    service.stop()
-    judge.pipeline.slot.close()  # cancels a background engine build
+    service.stop()  # closes the slot too: cancels a background engine build, closes the runtimes
     if held is not None:
         os.close(held)
     return 0
