@@ -24,6 +24,7 @@ Steps (deterministic for a seed; about 30-40 minutes on two shared CPU cores, th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -106,8 +107,14 @@ class TrainOptions:
     options, else computed and written (they take most of the training time; the later steps are re-run)."""
 
     def focus_key(self) -> str:
-        """What the focus training samples depend on."""
-        return f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
+        """What the focus training samples depend on: the photos and their labels too, so a cache made from another
+        folder is never reused."""
+        path = self.data / "labels.csv"
+        labels = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
+        return (
+            f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
+            f" data={self.data.resolve()} labels={labels}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ samples
