@@ -92,6 +92,8 @@ def test_a_photo_limit_over_the_memory_budget_is_refused() -> None:
     text = "decode:\n  max_decoded_bytes: 200000000\n  memory_budget_bytes: 100000000\n"
     (problem,) = problems(text)
     assert problem.startswith("gw.yaml:3: decode.memory_budget_bytes:") and "decode.max_decoded_bytes" in problem
+
+
 def test_a_duplicated_key_is_an_error_naming_both_lines() -> None:
     text = "broker:\n  url: mqtt://a:1\n  username: gw\npolicy:\n  sharp_threshold: 0.4\nbroker:\n  url: mqtt://b:1\n"
     assert problems(text) == ["gw.yaml:6: broker: duplicate key, also at line 1 (the last one wins)"]

@@ -207,9 +207,10 @@ def test_broker_drops_are_logged_at_each_increase_and_exported(tmp_path: Path) -
 
                 def exported(total: int) -> bool:
                     assert service.metrics_port
-                    return samples(service.metrics_port).get(
-                        ("colpo_gateway_broker_dropped_messages_total", frozenset())
-                    ) == total
+                    return (
+                        samples(service.metrics_port).get(("colpo_gateway_broker_dropped_messages_total", frozenset()))
+                        == total
+                    )
 
                 deadline = time.monotonic() + 20
                 while not exported(expected) and time.monotonic() < deadline:

@@ -118,8 +118,10 @@ def states(device: Device) -> list[str]:
 
 def report(scenario: str, sent: int, verdicts: dict[str, list[bytes]]) -> None:
     received = sum(len(v) for v in verdicts.values())
-    print(f"\n{scenario}: photos sent {sent}, answered {len(verdicts)}, verdicts received {received},"
-          f" duplicates {received - len(verdicts)}")
+    print(
+        f"\n{scenario}: photos sent {sent}, answered {len(verdicts)}, verdicts received {received},"
+        f" duplicates {received - len(verdicts)}"
+    )
 
 
 def test_sigkill_mid_stream_then_restart_answers_every_photo_once_judged(

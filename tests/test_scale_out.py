@@ -24,7 +24,9 @@ def config(tmp_path: Path, broker: Broker, gateway_id: str) -> GatewayConfig:
 
 
 def test_two_gateways_split_the_photos_and_the_survivor_takes_over(
-    tmp_path: Path, broker: Broker, photos: list[bytes]  # noqa: F811
+    tmp_path: Path,
+    broker: Broker,
+    photos: list[bytes],  # noqa: F811
 ) -> None:
     gateways: dict[str, GatewayService] = {}
     stores: dict[str, VerdictStore] = {}  # each gateway's own: what it judged

@@ -48,6 +48,42 @@ def test_motion_kernel_follows_its_angle() -> None:
     assert vertical[:, c].sum() > 0.9
 
 
+@pytest.mark.parametrize(("length", "turn"), [(12.0, 1.0), (20.0, 1.5), (38.0, math.pi)])
+def test_arc_kernel_is_a_curve_of_its_length(length: float, turn: float) -> None:
+    k = dg.motion_kernel(length, 30.0, turn)
+    assert k.sum() == pytest.approx(1.0, abs=1e-5)
+    ys, xs = np.nonzero(k > 1e-4)
+    chord = 2 * (length / turn) * math.sin(turn / 2)  # the end-to-end distance of the arc
+    extent = math.hypot(xs.max() - xs.min(), ys.max() - ys.min())
+    assert chord - 2 <= extent <= length + 3
+    assert np.count_nonzero(k > 1e-4) <= 3 * length + 12  # a thin path, not a filled region
+
+    def spread(kernel: np.ndarray) -> tuple[float, float, float]:
+        """Across / along the path (variance ratio), and the centroid's offset from the kernel's centre."""
+        ys, xs = np.nonzero(kernel > 1e-4)
+        w = kernel[ys, xs]
+        cy, cx = np.average(ys, weights=w), np.average(xs, weights=w)
+        low, high = np.linalg.eigvalsh(np.cov(np.stack([xs - cx, ys - cy]), aweights=w))
+        return low / high, cx - kernel.shape[1] // 2, cy - kernel.shape[0] // 2
+
+    ratio, dx, dy = spread(k)
+    straight, _, _ = spread(dg.motion_kernel(length, 30.0))
+    assert ratio > 2 * straight + 0.005  # bent: its spread across the chord grows with the turn
+    assert abs(dx) < 1 and abs(dy) < 1  # centred: the photo does not shift
+
+
+def test_half_the_motion_draws_are_curved() -> None:
+    draws = [dg.sample("motion", np.random.default_rng(i)) for i in range(200)]
+    curved = [d.curve for d in draws if d.curve > 0]
+    assert 70 <= len(curved) <= 130
+    assert all(dg.ARC_TURN[0] <= c <= dg.ARC_TURN[1] for c in curved)
+    assert all(
+        d.curve == 0
+        for kind in ("sharp", "defocus", "cervix_blur")
+        for d in [dg.sample(kind, np.random.default_rng(1))]
+    )
+
+
 @pytest.mark.parametrize("kind", dg.KINDS)
 def test_samples_stay_in_their_ranges_and_are_deterministic(kind: dg.Kind) -> None:
     draws = [dg.sample(kind, np.random.default_rng(i)) for i in range(50)]
@@ -354,9 +390,12 @@ def test_the_focus_cache_is_read_only_for_the_same_samples(tmp_path: Path) -> No
 
     options = TrainOptions(tmp_path, tmp_path, seed=3, focus_cache=tmp_path / "focus.npz")
     x, y, groups = np.ones((4, 5), np.float32), np.array([1, 0, 1, 0], np.float32), np.array(list("aabb"))
-    np.savez(tmp_path / "focus.npz", x=x, y=y, groups=groups, key=np.array(options.focus_key()))
+    motion, device = np.array([-1, 1, -1, 0], np.int8), np.array([False, False, True, True])
+    key = np.array(options.focus_key())
+    np.savez(tmp_path / "focus.npz", x=x, y=y, groups=groups, motion=motion, device=device, key=key)
     data = cached_focus_features(options, [], None, BuildProgress("t"))  # type: ignore[arg-type]
     assert np.array_equal(data.x, x) and np.array_equal(data.y, y) and list(data.groups) == list("aabb")
+    assert list(data.motion) == [-1, 1, -1, 0] and list(data.device) == [False, False, True, True]
     other = TrainOptions(tmp_path, tmp_path, seed=4, focus_cache=tmp_path / "focus.npz")
     assert other.focus_key() != options.focus_key()
     with pytest.raises(AttributeError):  # another seed's samples: recomputed, which needs a real extractor

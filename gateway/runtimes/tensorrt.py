@@ -215,9 +215,7 @@ class TensorRTRuntime:
 
     engine = ENGINE
 
-    def __init__(
-        self, plan: Path, device: int = 0, load_timeout_s: float = 300.0, run_timeout_s: float = 60.0
-    ) -> None:
+    def __init__(self, plan: Path, device: int = 0, load_timeout_s: float = 300.0, run_timeout_s: float = 60.0) -> None:
         self.plan = plan
         self._device_index = device
         self._run_timeout_s = run_timeout_s

@@ -7,7 +7,9 @@ means the same at every photo resolution; the focus model sees the cervix crop r
 * ``defocus``: a disk PSF (the defocus of a thin lens), radius ``0.004 w .. 0.02 w`` (about 1.3 .. 6.4 px at the
   model input; the mild end is about what the eye calls soft at 640 px), log-uniform so mild blur is well
   represented;
-* ``motion``: a line PSF of length ``0.012 w .. 0.05 w`` (4 .. 16 px at the input), any angle;
+* ``motion``: a PSF of path length ``0.012 w .. 0.06 w`` (4 .. 19 px at the input), any angle: half the draws a
+  straight line, half a circular arc turning ``0.6 .. pi`` radians (a hand's tremor during the exposure traces a
+  curve, not a line);
 * ``cervix_blur``: defocus of ``0.005 w .. 0.025 w`` inside a feathered ellipse inscribed in the cervix box, the
   speculum and walls around it left sharp (the camera focused on the wrong plane);
 * ``sharp``: no blur.
@@ -31,15 +33,20 @@ from typing import Literal
 import cv2
 import numpy as np
 
+VERSION = 2
+"""Bumped whenever a draw changes (2: curved motion, motion up to 6 %): cached training samples are redone."""
 Kind = Literal["sharp", "defocus", "motion", "cervix_blur"]
 KINDS: tuple[Kind, ...] = ("sharp", "defocus", "motion", "cervix_blur")
 BLUR_RANGES: dict[Kind, tuple[float, float]] = {
     "sharp": (0.0, 0.0),
     "defocus": (0.004, 0.02),
-    "motion": (0.012, 0.05),
+    "motion": (0.012, 0.06),
     "cervix_blur": (0.005, 0.025),
 }
-"""Blur size (disk radius, or motion length) as a fraction of the cervix box width."""
+"""Blur size (disk radius, or motion path length) as a fraction of the cervix box width."""
+ARC_PROBABILITY = 0.5
+ARC_TURN = (0.6, math.pi)
+"""A curved motion path turns by this many radians (uniform) from start to end."""
 NOISE_STD = (0.0, 6.0)
 HAZE = (0.0, 0.2)
 GLINTS_PROBABILITY = 0.5
@@ -64,6 +71,8 @@ class Degradation:
     marks: bool
     glints: bool = False
     haze: float = 0.0
+    curve: float = 0.0
+    """Motion only: how far the path turns, radians (0: a straight line)."""
 
     @property
     def not_sharp(self) -> bool:
@@ -83,6 +92,7 @@ def sample(kind: Kind, rng: np.random.Generator) -> Degradation:
         marks=bool(rng.random() < MARKS_PROBABILITY),
         glints=bool(rng.random() < GLINTS_PROBABILITY),
         haze=float(rng.uniform(*HAZE)),
+        curve=float(rng.uniform(*ARC_TURN)) if kind == "motion" and rng.random() < ARC_PROBABILITY else 0.0,
     )
 
 
@@ -106,13 +116,37 @@ def disk_kernel(radius: float) -> np.ndarray:
     return _average(x * x + y * y <= r * r, n)
 
 
-def motion_kernel(length: float, angle: float) -> np.ndarray:
-    """A normalised line PSF ``length`` pixels long and 1 wide at ``angle`` degrees (anti-aliased)."""
+def motion_kernel(length: float, angle: float, curve: float = 0.0) -> np.ndarray:
+    """A normalised motion PSF: a path ``length`` pixels long and 1 wide, heading ``angle`` degrees, straight
+    (anti-aliased) or, with ``curve`` radians of turn, a circular arc (``arc_kernel``)."""
+    if curve > 1e-3:
+        return arc_kernel(length, angle, curve)
     n = max(3, 2 * math.ceil(length / 2) + 1)
     x, y = _subpixels(n)
     ux, uy = math.cos(math.radians(angle)), math.sin(math.radians(angle))
     t = np.clip(x * ux + y * uy, -length / 2, length / 2)
     return _average((x - t * ux) ** 2 + (y - t * uy) ** 2 <= 0.25, n)
+
+
+def arc_kernel(length: float, angle: float, turn: float) -> np.ndarray:
+    """A circular arc ``length`` pixels long that turns ``turn`` radians, its chord at ``angle`` degrees, centred
+    on its centroid (the photo does not shift), drawn as points 1/8 px apart splatted bilinearly."""
+    radius = length / turn
+    t = np.linspace(-turn / 2, turn / 2, max(64, math.ceil(8 * length)))
+    x, y = radius * np.sin(t), radius * (1.0 - np.cos(t))
+    x, y = x - x.mean(), y - y.mean()
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    x, y = x * c - y * s, x * s + y * c
+    half = math.ceil(max(np.abs(x).max(), np.abs(y).max())) + 1
+    n = 2 * half + 1
+    kernel = np.zeros((n, n), np.float64)
+    gx, gy = x + half, y + half
+    x0, y0 = np.floor(gx).astype(int), np.floor(gy).astype(int)
+    fx, fy = gx - x0, gy - y0
+    for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(kernel, (y0 + dy, x0 + dx), weight)
+    out: np.ndarray = (kernel / kernel.sum()).astype(np.float32)
+    return out
 
 
 def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -145,7 +179,7 @@ def blur(image: np.ndarray, box: PixelBox, d: Degradation) -> np.ndarray:
     width = max(1.0, box[2] - box[0])
     size = d.blur * width
     if d.kind == "motion":
-        return convolve(image, motion_kernel(size, d.angle))
+        return convolve(image, motion_kernel(size, d.angle, d.curve))
     blurred = convolve(image, disk_kernel(size))
     if d.kind == "defocus":
         return blurred

@@ -113,6 +113,7 @@ class TrainOptions:
         labels = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
         return (
             f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
+            f" degradations={degradations.VERSION}"
             f" data={self.data.resolve()} labels={labels}"
         )
 
@@ -290,11 +291,18 @@ def _batched(
 @dataclass
 class FocusSet:
     """Focus samples: backbone features ``[M, F]`` with the classical measures appended (``[M, F + K]``),
-    labels ``[M]`` (1 = sharp) and each sample's patient (``groups``; synthetic scenes are their own)."""
+    labels ``[M]`` (1 = sharp), each sample's patient (``groups``; synthetic scenes are their own), its blur
+    type (``motion``: 1 for motion of either shape, 0 for defocus and cervix-only blur, -1 for sharp) and whether
+    it is a device-like draw (``device``)."""
 
     x: np.ndarray
     y: np.ndarray
     groups: np.ndarray
+    motion: np.ndarray
+    device: np.ndarray
+
+    def subset(self, rows: np.ndarray) -> FocusSet:
+        return FocusSet(self.x[rows], self.y[rows], self.groups[rows], self.motion[rows], self.device[rows])
 
 
 def focus_features(
@@ -333,7 +341,9 @@ def focus_features(
     (features,) = _batched(make, len(jobs), extractor, progress, "focus features")
     labels = np.array([kind == "sharp" for _, kind, _ in jobs], np.float32)
     groups = np.array([sources[k][2] for k, _, _ in jobs])
-    return FocusSet(np.concatenate([features, measures], axis=1), labels, groups)
+    motion = np.array([-1 if kind == "sharp" else int(kind == "motion") for _, kind, _ in jobs], np.int8)
+    device_draw = np.array([on_device for _, _, on_device in jobs], bool)
+    return FocusSet(np.concatenate([features, measures], axis=1), labels, groups, motion, device_draw)
 
 
 def cached_focus_features(
@@ -346,10 +356,18 @@ def cached_focus_features(
         with np.load(cache, allow_pickle=False) as stored:
             if str(stored["key"]) == key:
                 log.info("focus_features_cached", path=str(cache), key=key)
-                return FocusSet(stored["x"], stored["y"], stored["groups"])
+                return FocusSet(stored["x"], stored["y"], stored["groups"], stored["motion"], stored["device"])
     data = focus_features(photos, options, extractor, progress, options.seed, True, 30, options.device_variants)
     if cache is not None:
-        np.savez(cache, x=data.x, y=data.y, groups=data.groups, key=np.array(key))
+        np.savez(
+            cache,
+            x=data.x,
+            y=data.y,
+            groups=data.groups,
+            motion=data.motion,
+            device=data.device,
+            key=np.array(key),
+        )
     return data
 
 
