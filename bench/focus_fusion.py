@@ -194,10 +194,8 @@ def main() -> None:
         x, y = samples.x[:, columns], samples.y
         for head_seed in [int(s) for s in (args.head_seeds or str(args.seed)).split(",")]:
             head_options = train.TrainOptions(args.data, Path("."), head_seed)
-            oof = train.cross_validated(
-                train.FocusSet(x, y, samples.groups, samples.motion, samples.device), head_options, measures
-            )
-            point = train.operating_point(oof, y == 1)
+            oof = train.cross_validated(x, y, samples.groups, head_options, measures)
+            point = train.operating_point(oof, y == 1, samples.device)
             head = train.train_focus_head(x, y, head_options, measures)
             p = train.sharp_probability(head, val["x"][:, columns])
             out = report(f"{name} (draws {args.seed}, head {head_seed})", p, point.recapture, point.threshold, val)

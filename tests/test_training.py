@@ -400,3 +400,49 @@ def test_the_focus_cache_is_read_only_for_the_same_samples(tmp_path: Path) -> No
     assert other.focus_key() != options.focus_key()
     with pytest.raises(AttributeError):  # another seed's samples: recomputed, which needs a real extractor
         cached_focus_features(other, [], None, BuildProgress("t"))  # type: ignore[arg-type]
+
+
+def test_the_operating_point_holds_on_each_source_of_draws() -> None:
+    pytest.importorskip("torch")
+    from gateway.training.train import operating_point
+
+    # atlas draws (many, well apart) and device-like draws (fewer, blurred ones scoring higher): pooled, the
+    # atlas draws outvote the device-like ones; per source, the device-like blurred draws set b98
+    rng = np.random.default_rng(0)
+    atlas_sharp, atlas_blurred = rng.uniform(0.5, 1.0, 4000), rng.uniform(0.0, 0.1, 4000)
+    device_sharp, device_blurred = rng.uniform(0.5, 1.0, 500), rng.uniform(0.0, 0.48, 500)
+    scores = np.concatenate([atlas_sharp, atlas_blurred, device_sharp, device_blurred])
+    sharp = np.repeat([True, False, True, False], [4000, 4000, 500, 500])
+    device = np.repeat([False, False, True, True], [4000, 4000, 500, 500])
+    pooled = operating_point(scores, sharp)
+    per_source = operating_point(scores, sharp, device)
+    b98_device = np.quantile(device_blurred, 0.98)
+    assert per_source.facts["b98"] == pytest.approx(b98_device)
+    assert pooled.facts["b98"] < b98_device
+    assert per_source.recapture > pooled.recapture
+    assert np.mean(device_blurred < per_source.recapture) >= 0.98
+    assert np.mean(device_blurred < pooled.recapture) < 0.98  # what the pooled rule would let through
+
+
+def test_a_fused_classifier_with_a_blur_type_head_exports_both_outputs(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from gateway.focus_measures import FOCUS_V1
+    from gateway.models.manifest import InputSpec
+    from gateway.training import export
+    from gateway.training.model import FocusHead, FusedFocusNet
+
+    torch.manual_seed(0)
+    k = len(FOCUS_V1)
+    heads = [FocusHead(features=8, hidden=4, measures=k) for _ in range(2)]
+    for h in heads:
+        h.set_standardisation(torch.randn(64, 8 + k))
+    net = FusedFocusNet(_tiny_features(), heads[0], heads[1]).eval()
+    spec = InputSpec(name="crops", shape=(-1, 3, 32, 32), resize="stretch")
+    path = export.export_onnx(net, tmp_path / "typed.onnx", spec, ["logits", "blur_type_logits"], {"measures": k})
+    assert export.check_parity(net, path, spec, extra={"measures": k}) < 1e-4
+    outputs = export.session(path).run(
+        None, {"crops": np.zeros((3, 3, 32, 32), np.float32), "measures": np.ones((3, k), np.float32)}
+    )
+    assert [o.shape for o in outputs] == [(3, 2), (3, 2)]
+    assert not np.allclose(outputs[0], outputs[1])  # two heads, not one output twice

@@ -124,15 +124,17 @@ class FocusHead(nn.Module):
 
 
 class FusedFocusNet(nn.Module):
-    """The exported fused focus classifier: crop ``[N, 3, S, S]`` and classical measures ``[N, K]`` -> logits."""
+    """The exported fused focus classifier: crop ``[N, 3, S, S]`` and classical measures ``[N, K]`` -> logits
+    ``[N, 2]``, and with a ``blur_type`` head (same inputs, ``[defocus, motion]``) its logits ``[N, 2]`` too."""
 
-    def __init__(self, features: FocusFeatures, head: FocusHead) -> None:
+    def __init__(self, features: FocusFeatures, head: FocusHead, blur_type: FocusHead | None = None) -> None:
         super().__init__()
-        self.features, self.head = features, head
+        self.features, self.head, self.blur_type = features, head, blur_type
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(torch.cat([self.features(x), m], dim=1))
-        return out
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        joint = torch.cat([self.features(x), m], dim=1)
+        out: torch.Tensor = self.head(joint)
+        return out if self.blur_type is None else (out, self.blur_type(joint))
 
 
 class FocusNet(nn.Module):

@@ -55,8 +55,13 @@ log = structlog.get_logger(__name__)
 
 VERSION = "1.0.0"
 """The detector's version."""
-FOCUS_VERSION = "1.1.0"
-"""The focus classifier's version: 1.1.0 fuses the classical measures ``MEASURES`` with the learned features."""
+FOCUS_VERSION = "1.2.0"
+"""The focus classifier's version: 1.1.0 fuses the classical measures ``MEASURES`` with the learned features;
+1.2.0 trains on curved and longer motion (degradations 2), sets its operating point on each source of draws,
+and has a second head, the blur type (output ``blur_type_logits``)."""
+MOTION_THRESHOLD = 0.5
+"""The blur type is ``motion`` when the type head's motion probability is at least this: the more probable
+type, fixed before any run."""
 MEASURES = "focus-v1"
 MEASURES_INPUT = "measures"
 DEVICE_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
@@ -394,18 +399,20 @@ def train_focus_head(
     return head
 
 
-def cross_validated(data: FocusSet, options: TrainOptions, measures: int, folds: int = CV_FOLDS) -> np.ndarray:
-    """Out-of-fold sharp probabilities: the patients (groups) are dealt into ``folds`` folds (seeded); each fold
-    is scored by a head trained on the others."""
-    cases = sorted(set(data.groups.tolist()))
+def cross_validated(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, options: TrainOptions, measures: int, folds: int = CV_FOLDS
+) -> np.ndarray:
+    """Out-of-fold probabilities of class 1 of ``y``: the patients (``groups``) are dealt into ``folds`` folds
+    (seeded); each fold is scored by a head trained on the others."""
+    cases = sorted(set(groups.tolist()))
     order = np.random.default_rng(options.seed).permutation(len(cases))
     fold_of = {cases[j]: rank % folds for rank, j in enumerate(order)}
-    fold = np.array([fold_of[g] for g in data.groups.tolist()])
-    scores = np.zeros(len(data.y))
+    fold = np.array([fold_of[g] for g in groups.tolist()])
+    scores = np.zeros(len(y))
     for k in range(folds):
         held = fold == k
-        head = train_focus_head(data.x[~held], data.y[~held], options, measures)
-        scores[held] = sharp_probability(head, data.x[held])
+        head = train_focus_head(x[~held], y[~held], options, measures)
+        scores[held] = sharp_probability(head, x[held])
     return scores
 
 
@@ -418,7 +425,7 @@ class OperatingPoint:
     facts: dict[str, float]
 
 
-def operating_point(scores: np.ndarray, sharp: np.ndarray) -> OperatingPoint:
+def operating_point(scores: np.ndarray, sharp: np.ndarray, source: np.ndarray | None = None) -> OperatingPoint:
     """The rule, written before any run it sets (issue 12 item 5), on out-of-fold scores of the training patients:
 
     * s5 = the 5th percentile of the sharp draws' scores (at least 95 % of sharp photos accepted),
@@ -427,10 +434,15 @@ def operating_point(scores: np.ndarray, sharp: np.ndarray) -> OperatingPoint:
       (the acceptance target holds and the recall falls short: reported);
     * the borderline band's top T = the 99.5th percentile of the blurred draws' scores, at least R + 0.01: the
       blurred photos accepted are flagged ``borderline_focus``, not passed as sharp.
+
+    With ``source`` (a label per draw: atlas-like or device-like, 1.2.0), each percentile is taken within each
+    source and the strictest kept (the lowest s5, the highest b98 and b99.5): the targets must hold on every kind
+    of photo, not only on their mix, where the more numerous atlas draws would outvote the device-like ones.
     """
-    s5 = float(np.quantile(scores[sharp], 1.0 - ACCEPT_TARGET))
-    b98 = float(np.quantile(scores[~sharp], RECALL_TARGET))
-    b995 = float(np.quantile(scores[~sharp], BAND_TOP))
+    groups = [np.ones(len(scores), bool)] if source is None else [source == v for v in np.unique(source)]
+    s5 = min(float(np.quantile(scores[sharp & g], 1.0 - ACCEPT_TARGET)) for g in groups)
+    b98 = max(float(np.quantile(scores[~sharp & g], RECALL_TARGET)) for g in groups)
+    b995 = max(float(np.quantile(scores[~sharp & g], BAND_TOP)) for g in groups)
     recapture = (b98 + s5) / 2 if b98 < s5 else s5
     recapture = float(np.clip(recapture, 0.01, 0.98))
     threshold = float(np.clip(max(b995, recapture + 0.01), 0.02, 0.99))
@@ -616,6 +628,8 @@ MANIFEST_EXAMPLE = """\
 # A focus_classifier may also have (see gateway/models/manifest.py):
 # recapture_threshold: 0.45            # raw sharp probability below which it recaptures (-> the policy's 0.4)
 # measures: {name: measures, set: focus-v1, count: 14}   # a second input [N, 14]: classical measures, numpy
+# outputs: a second one, {role: blur_type_logits, name: ..., shape: [-1, 2], meaning: "[defocus, motion] logits"}
+# motion_threshold: 0.5                # with blur_type_logits: motion when its softmax motion probability >= this
 """
 
 
@@ -647,10 +661,24 @@ def run(options: TrainOptions) -> int:
         extractor = _Extractor(focus_features_net, fspec, ["features"], Path(tmp))
         data = cached_focus_features(options, train_photos, extractor, progress)
         # the operating point: cross-validated across the training patients (validation patients only measure)
-        scores = cross_validated(data, options, measures)
-        point = operating_point(scores, data.y == 1)
+        scores = cross_validated(data.x, data.y, data.groups, options, measures)
+        point = operating_point(scores, data.y == 1, data.device)
         log.info("focus_operating_point", threshold=round(point.threshold, 4), recapture=round(point.recapture, 4))
         head = train_focus_head(data.x, data.y, options, measures)
+        # the blur type: a second head on the same inputs, trained on the blurred draws (motion of either shape
+        # against defocus and cervix-only blur), measured out of fold like the focus head
+        blurred = data.subset(data.motion >= 0)
+        motion_label = blurred.motion.astype(np.float32)
+        type_scores = cross_validated(blurred.x, motion_label, blurred.groups, options, measures)
+        typed = (type_scores >= MOTION_THRESHOLD) == (motion_label == 1)
+        type_facts = {
+            "cv_blur_type_right": float(typed.mean()),
+            "cv_blur_type_right_device": float(typed[blurred.device].mean()),
+            "cv_motion_typed_motion": float(typed[motion_label == 1].mean()),
+            "cv_defocus_typed_defocus": float(typed[motion_label == 0].mean()),
+        }
+        log.info("focus_blur_type", **{k: round(v, 4) for k, v in type_facts.items()})
+        type_head = train_focus_head(blurred.x, motion_label, options, measures)
         if options.keep_detector is None:
             det_extractor = _Extractor(model.DetectorFeatures(DETECTOR_SIZE), dspec, ["c4", "c5"], Path(tmp))
             cached, labels, targets = detector_data(train_photos, options, det_extractor, progress)
@@ -658,10 +686,13 @@ def run(options: TrainOptions) -> int:
 
     extra = {MEASURES_INPUT: measures} if measures else {}
     focus_net: torch.nn.Module = (
-        model.FusedFocusNet(focus_features_net, head) if measures else model.FocusNet(focus_features_net, head)
+        model.FusedFocusNet(focus_features_net, head, type_head)
+        if measures
+        else model.FocusNet(focus_features_net, head)
     ).eval()
+    focus_outputs = ["logits", "blur_type_logits"] if measures else ["logits"]
     focus_path = options.out / f"{FOCUS_NAME}-{FOCUS_VERSION}.onnx"
-    export.export_onnx(focus_net, focus_path, fspec, ["logits"], extra)
+    export.export_onnx(focus_net, focus_path, fspec, focus_outputs, extra)
     parity = export.check_parity(focus_net, focus_path, fspec, extra=extra)
     if options.keep_detector is None:
         detector_net = model.DetectorNet(model.DetectorFeatures(DETECTOR_SIZE), det_head).eval()
@@ -735,6 +766,15 @@ def run(options: TrainOptions) -> int:
         ),
     ]
     if measures:
+        entries[1]["outputs"].append(
+            {
+                "role": "blur_type_logits",
+                "name": "blur_type_logits",
+                "shape": [-1, 2],
+                "meaning": "[defocus, motion] logits (softmax)",
+            }
+        )
+        entries[1]["motion_threshold"] = MOTION_THRESHOLD
         entries[1]["measures"] = {"name": MEASURES_INPUT, "set": options.measures, "count": measures}
     manifest_path = options.out / "manifest.yaml"
     provisional = {"summary": "provisional", "data": data_text, "split": split.describe(), "metrics": {}}
@@ -773,6 +813,7 @@ def run(options: TrainOptions) -> int:
         "focus_threshold": point.threshold,
         "focus_recapture_threshold": point.recapture,
         "operating_point": point.facts,
+        "blur_type": type_facts if measures else {},
         "detector_threshold": detector_threshold,
         "focus_ops": export.ops(focus_path),
         "detector_ops": export.ops(detector_path),
