@@ -623,7 +623,7 @@ def roc_png(report: Report, path: Path) -> None:
 def model_card(report: Report, facts: dict[str, Any]) -> str:
     """The model card (markdown), with the evaluation table."""
     split = facts["split"]
-    return f"""# Model card: cervix detector (1.0.0) and fused focus classifier (1.1.0)
+    return f"""# Model card: cervix detector (1.0.0) and fused focus classifier (1.2.0)
 
 Made by `colpo-gateway train --data ../shared/data/cervix-dev --out engines/ --keep-detector engines/manifest.yaml`
 (the detector of 1.0.0 kept; seed {facts["seed"]},
@@ -638,15 +638,23 @@ torch to {facts["parity"]:.1e}.
   head shared over the levels (2 conv layers per branch), 9 anchors per location (sizes 64, 128, 256; ratios 0.5,
   1, 2; 3 scales), one class `cervix`, focal loss. Input 320x320 letterbox, RGB, (x/255 - 0.5)/0.5. Operating
   threshold {facts["detector_threshold"]:.3f} (minimum cervix score).
-- **focus-classifier** (`focus_classifier`, 1.1.0, fused): two inputs. (1) The cervix crop (detector box + 10 %
-  margins) resized to 384x384, so the cervix is about 320 px wide whatever the photo's resolution; per-channel mean
+- **focus-classifier** (`focus_classifier`, 1.2.0, fused): two inputs, two outputs. (1) The cervix crop
+  (detector box + 10 % margins) resized to 384x384, so the cervix is about 320 px wide whatever the photo's
+  resolution; per-channel mean
   and mean |x| of the stem and of each of the 7 stages of the same frozen EfficientNet-Lite0 (1632 features: focus
   lives in the early, fine-scale features). (2) `measures`: the 14 classical focus measures `focus-v1` of the same
   cervix (`gateway/focus_measures.py`, numpy and OpenCV, computed by the gateway beside the model), taken at a
   larger scale than the crop: the cervix box resampled to at most 640 px wide (never enlarged), where a blur of
   1.5 % of the cervix width is about 10 px: Laplacian-pyramid band energies, per-block fine-to-coarse ratios, the
   directional ratio that motion leaves, with glints and drawn strokes masked out before pooling. Both standardised;
-  a 2-layer MLP (32 hidden) on all of them plus a linear term on the measures -> logits [not_sharp, sharp].
+  a 2-layer MLP (32 hidden) on all of them plus a linear term on the measures -> logits [not_sharp, sharp]; a
+  second head of the same form -> `blur_type_logits` [defocus, motion], trained on the blurred draws only (motion of
+  either shape against defocus and cervix-only blur); the gateway says `motion_blur` when the motion probability is
+  at least 0.5 (the more probable type, fixed before any run), else `defocus`. Out of fold on the training
+  patients' blurred draws the type is right on {facts["blur_type"]["cv_blur_type_right"]:.1%}
+  ({facts["blur_type"]["cv_blur_type_right_device"]:.1%} of the device-like ones; motion typed motion
+  {facts["blur_type"]["cv_motion_typed_motion"]:.1%}, defocus typed defocus
+  {facts["blur_type"]["cv_defocus_typed_defocus"]:.1%}).
   Operating point (raw sharp probability): recapture below {facts["focus_recapture_threshold"]:.3f}, borderline up
   to {facts["focus_threshold"]:.3f} (mapped to the default policy's 0.4 and 0.5), set by cross-validation across the
   training patients (Thresholds, below).
@@ -675,8 +683,9 @@ validation to 40 % of the patients.
 
 Focus training: each sharp photo of the training patients (and 30 synthetic scenes of `gateway.scenes`, training
 seeds, for the look of the demo's photos), 24 draws each: rescaled 0.45-1x, half kept sharp, half
-degraded by the degradation model (`gateway/training/degradations.py`: disk defocus of 0.4-2 % of the cervix width,
-motion of 1.2-5 %, blur of the cervix only with the speculum sharp, all on radiance so glints stay saturated; then
+degraded by the degradation model (`gateway/training/degradations.py`, version 2: disk defocus of 0.4-2 % of the
+cervix width, motion paths of 1.2-6 %, half of them straight and half circular arcs turning 0.6-3.1 rad, blur of
+the cervix only with the speculum sharp, all on radiance so glints stay saturated; then
 haze, noise, crisp glints, crisp drawn marks and JPEG on both classes alike), cropped at the labelled box moved by
 ~5 % per edge; and 6 device-like draws per sharp photo (`gateway/training/device_photos.py`: the atlas cervix at
 its native resolution framed in a synthetic speculum view at 25-50 % of the frame width, the degradation model's
@@ -692,7 +701,10 @@ probabilities of the training samples (5 folds of training patients, each scored
 others): with s5 the 5th percentile of the sharp draws and b98 the 98th of the blurred ones, recapture below
 R = (b98 + s5) / 2 when b98 < s5 (both product targets, 98 % of blurred recaptured and 95 % of sharp accepted,
 with equal room), else R = s5; the borderline band reaches up to the 99.5th percentile of the blurred draws (at
-least R + 0.01), so blurred photos that are accepted are flagged, not passed as sharp. Out of fold: sharp
+least R + 0.01), so blurred photos that are accepted are flagged, not passed as sharp. Since 1.2.0 each
+percentile is taken within each source of draws (atlas-like, device-like) and the strictest kept (the lowest s5,
+the highest b98 and b99.5): the targets must hold on each kind of photo, not on a mix where the atlas draws, four
+times as many, outvote the device-like ones. Out of fold: sharp
 accepted {facts["operating_point"]["cv_sharp_accepted"]:.1%}, blurred recaptured
 {facts["operating_point"]["cv_blurred_recaptured"]:.1%}, sharp flagged borderline
 {facts["operating_point"]["cv_sharp_borderline"]:.1%}. The validation patients only measure; the real blurry photos
