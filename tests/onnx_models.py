@@ -85,6 +85,37 @@ def mean_classifier(path: Path, size: int, gain: float, bias: float, input_name:
     return _save(graph, path)
 
 
+def typed_classifier(
+    path: Path, size: int, bias: float, motion_bias: float, gain: float = 0.0, motion_gain: float = 0.0
+) -> Path:
+    """``mean_classifier`` with a second output, blur_type [N, 2] = [0, motion_gain * mean(input) + motion_bias]
+    (softmax over [defocus, motion]): constant with ``motion_gain`` 0, else following the input."""
+    nodes, inits = _batch_zero("crops", 2)
+    nodes += [
+        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["sharp"]),
+        helper.make_node("Concat", ["zero", "sharp"], ["logits"], axis=1),
+        helper.make_node("Mul", ["mean", "motion_gain"], ["motion_scaled"]),
+        helper.make_node("Add", ["motion_scaled", "motion_bias"], ["motion"]),
+        helper.make_node("Concat", ["zero", "motion"], ["blur_type"], axis=1),
+    ]
+    inits += [
+        numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+        for name, value in (("gain", gain), ("bias", bias), ("motion_gain", motion_gain), ("motion_bias", motion_bias))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "typed",
+        [helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["N", 3, size, size])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("blur_type", TensorProto.FLOAT, ["N", 2]),
+        ],
+        inits,
+    )
+    return _save(graph, path)
+
+
 def conv_classifier(path: Path, size: int, seed: int = 0, input_name: str = "crops") -> Path:
     """A small real network (Conv, Relu, global pool, Gemm) -> logits [N, 2]: something to quantize."""
     rng = np.random.default_rng(seed)
@@ -170,6 +201,18 @@ def classifier_entry(onnx_path: Path, size: int = 16, threshold: float = 0.6, **
         "card": card(),
     }
     entry.update(changes)
+    return entry
+
+
+BLUR_TYPE_OUTPUT = {
+    "role": "blur_type_logits", "name": "blur_type", "shape": [-1, 2], "meaning": "[defocus, motion] logits (softmax)"
+}  # fmt: skip
+
+
+def typed_entry(onnx_path: Path, **changes: Any) -> dict[str, Any]:
+    """The entry of a ``typed_classifier``: logits and blur_type_logits."""
+    entry = classifier_entry(onnx_path, **changes)
+    entry["outputs"] = [*entry["outputs"], BLUR_TYPE_OUTPUT]
     return entry
 
 
