@@ -230,6 +230,19 @@ def detector_and_classifier(folder: Path, gain: float = 0.0, bias: float = 1.0) 
     return write_manifest(folder, [detector_entry(det), classifier_entry(cls)])
 
 
+def detector_and_typed_classifier(folder: Path, motion_bias: float = 3.0) -> Path:
+    """The hand-computed detector and a ``typed_classifier`` (not sharp: raw 0.047; motion probability
+    sigmoid(motion_bias)), with their FP32 references beside them."""
+    from gateway.engines.reference import write_references
+
+    folder.mkdir(parents=True, exist_ok=True)
+    det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
+    typed = typed_classifier(folder / "classifier.onnx", 16, -3.0, motion_bias)
+    manifest = write_manifest(folder, [detector_entry(det), typed_entry(typed)])
+    write_references(manifest)
+    return manifest
+
+
 def fused_classifier(path: Path, size: int, weights: np.ndarray, bias: float, measures: str = "measures") -> Path:
     """Inputs crops [N, 3, size, size] and measures [N, K]; logits [N, 2] = [0, measures @ weights + bias]."""
     nodes, inits = _batch_zero("crops", 2)

@@ -502,29 +502,6 @@ def test_a_fused_focus_model_builds_checks_its_reference_and_judges_on_tensorrt(
     judge.pipeline.slot.close()
 
 
-def typed_models(folder: Path, motion_bias: float = 3.0) -> Path:
-    """The hand-computed detector and a focus classifier with a blur-type output (not sharp: raw 0.047; motion
-    probability sigmoid(motion_bias)), with their FP32 references."""
-    from gateway.engines.reference import write_references
-    from tests.onnx_models import (
-        DETECTOR_CLS,
-        DETECTOR_REG,
-        DETECTOR_SIZE,
-        constant_retinanet,
-        detector_entry,
-        typed_classifier,
-        typed_entry,
-        write_manifest,
-    )
-
-    folder.mkdir(parents=True)
-    det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
-    typed = typed_classifier(folder / "classifier.onnx", 16, -3.0, motion_bias)
-    manifest = write_manifest(folder, [detector_entry(det), typed_entry(typed)])
-    write_references(manifest)
-    return manifest
-
-
 def test_a_plan_delivers_both_outputs_of_a_focus_model_with_a_blur_type(standin: StandIn, tmp_path: Path) -> None:
     """Each output has its own bound buffer and comes back per row, batched or alone, as ONNX Runtime gives it."""
     from gateway.engines.build import BuildOptions, build_plan
@@ -559,8 +536,9 @@ def test_a_plan_whose_blur_type_flips_is_refused_and_a_faithful_one_gives_the_mo
     standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from gateway.engines.command import build
+    from tests.onnx_models import detector_and_typed_classifier
 
-    typed_models(tmp_path / "models")
+    detector_and_typed_classifier(tmp_path / "models")
     config = gateway_config(tmp_path)
     standin.set("swap_columns:blur_type")  # [defocus, motion] swapped: the sharp probability is untouched
     assert build(config, ["focus-classifier"], False) == 1
