@@ -5,9 +5,10 @@
 Builds the plans first when they are missing (``engines build``: not counted in the checks' time), then, per model:
 
 * parity: the reference inputs shipped beside each ONNX file, at batch 1 and 4, against their FP32 outputs
-  (within 0.02, no verdict flip: ``gateway.engines.reference``);
+  (within 0.02, no verdict flip, and for a focus model with a ``blur_type_logits`` output no blur-type flip:
+  ``gateway.engines.reference``);
 * own rows: 8 threads call at once with different inputs, directly and through the batcher; each must get the
-  output of its own input (the nearest of the rows run one by one);
+  outputs (all of them) of its own input (the nearest of the rows run one by one);
 * limits: a batch over the profile's maximum is refused, and ``run()`` after ``close()`` answers InferenceError;
 * memory: free device memory may drop by less than 16 MiB after warm-up, over 300 batches and over 10 open/close
   cycles.

@@ -85,6 +85,37 @@ def mean_classifier(path: Path, size: int, gain: float, bias: float, input_name:
     return _save(graph, path)
 
 
+def typed_classifier(
+    path: Path, size: int, bias: float, motion_bias: float, gain: float = 0.0, motion_gain: float = 0.0
+) -> Path:
+    """``mean_classifier`` with a second output, blur_type [N, 2] = [0, motion_gain * mean(input) + motion_bias]
+    (softmax over [defocus, motion]): constant with ``motion_gain`` 0, else following the input."""
+    nodes, inits = _batch_zero("crops", 2)
+    nodes += [
+        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "bias"], ["sharp"]),
+        helper.make_node("Concat", ["zero", "sharp"], ["logits"], axis=1),
+        helper.make_node("Mul", ["mean", "motion_gain"], ["motion_scaled"]),
+        helper.make_node("Add", ["motion_scaled", "motion_bias"], ["motion"]),
+        helper.make_node("Concat", ["zero", "motion"], ["blur_type"], axis=1),
+    ]
+    inits += [
+        numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+        for name, value in (("gain", gain), ("bias", bias), ("motion_gain", motion_gain), ("motion_bias", motion_bias))
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "typed",
+        [helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["N", 3, size, size])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("blur_type", TensorProto.FLOAT, ["N", 2]),
+        ],
+        inits,
+    )
+    return _save(graph, path)
+
+
 def conv_classifier(path: Path, size: int, seed: int = 0, input_name: str = "crops") -> Path:
     """A small real network (Conv, Relu, global pool, Gemm) -> logits [N, 2]: something to quantize."""
     rng = np.random.default_rng(seed)
@@ -173,6 +204,18 @@ def classifier_entry(onnx_path: Path, size: int = 16, threshold: float = 0.6, **
     return entry
 
 
+BLUR_TYPE_OUTPUT = {
+    "role": "blur_type_logits", "name": "blur_type", "shape": [-1, 2], "meaning": "[defocus, motion] logits (softmax)"
+}  # fmt: skip
+
+
+def typed_entry(onnx_path: Path, **changes: Any) -> dict[str, Any]:
+    """The entry of a ``typed_classifier``: logits and blur_type_logits."""
+    entry = classifier_entry(onnx_path, **changes)
+    entry["outputs"] = [*entry["outputs"], BLUR_TYPE_OUTPUT]
+    return entry
+
+
 def write_manifest(folder: Path, entries: list[dict[str, Any]]) -> Path:
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump({"schema": "colposcopy-gateway/models/1", "models": entries}, sort_keys=False))
@@ -185,6 +228,19 @@ def detector_and_classifier(folder: Path, gain: float = 0.0, bias: float = 1.0) 
     det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
     cls = mean_classifier(folder / "classifier.onnx", 16, gain, bias)
     return write_manifest(folder, [detector_entry(det), classifier_entry(cls)])
+
+
+def detector_and_typed_classifier(folder: Path, motion_bias: float = 3.0) -> Path:
+    """The hand-computed detector and a ``typed_classifier`` (not sharp: raw 0.047; motion probability
+    sigmoid(motion_bias)), with their FP32 references beside them."""
+    from gateway.engines.reference import write_references
+
+    folder.mkdir(parents=True, exist_ok=True)
+    det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
+    typed = typed_classifier(folder / "classifier.onnx", 16, -3.0, motion_bias)
+    manifest = write_manifest(folder, [detector_entry(det), typed_entry(typed)])
+    write_references(manifest)
+    return manifest
 
 
 def fused_classifier(path: Path, size: int, weights: np.ndarray, bias: float, measures: str = "measures") -> Path:

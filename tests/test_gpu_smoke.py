@@ -52,3 +52,20 @@ def test_the_dry_run_fails_on_a_runtime_that_swaps_rows(built: Path) -> None:
     assert "FAIL cervix-detector: parity at batch 1 and 4" in result.stdout
     assert "FAIL cervix-detector: own rows, 8 callers, through the batcher" in result.stdout
     assert "sent row" in result.stdout and "got the output of row" in result.stdout
+
+
+def test_the_dry_run_checks_the_blur_type_output_of_a_focus_model(tmp_path: Path) -> None:
+    """A focus model with a blur-type output: parity passes on a faithful runtime and fails on one that swaps the
+    [defocus, motion] columns (the sharp probability untouched)."""
+    from tests.onnx_models import detector_and_typed_classifier
+
+    manifest = str(detector_and_typed_classifier(tmp_path / "models"))
+    cache = tmp_path / "cache"
+    result = dry_run(cache, "", "--manifest", manifest, "--model", "focus-classifier")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS focus-classifier: parity at batch 1 and 4" in result.stdout
+    result = dry_run(cache, "swap_columns:blur_type", "--manifest", manifest, "--model", "focus-classifier")
+    assert result.returncode == 1
+    assert "focus-classifier: up to date" in result.stdout  # the checks ran on the plan built without the fault
+    assert "FAIL focus-classifier: parity at batch 1 and 4" in result.stdout
+    assert "row 0 (batch 1): motion probability 0.0474 flips the blur type at 0.5 (0.9526)" in result.stdout

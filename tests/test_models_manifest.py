@@ -11,6 +11,7 @@ import pytest
 from gateway.focus_measures import FOCUS_V1
 from gateway.models.manifest import ManifestError, check_signature, load_manifest, parse_manifest
 from tests.onnx_models import (
+    BLUR_TYPE_OUTPUT,
     DETECTOR_CLS,
     DETECTOR_REG,
     classifier_entry,
@@ -19,6 +20,8 @@ from tests.onnx_models import (
     detector_entry,
     fused_classifier,
     mean_classifier,
+    typed_classifier,
+    typed_entry,
     write_manifest,
 )
 
@@ -192,3 +195,89 @@ def test_measures_and_recapture_threshold_are_checked(tmp_path: Path, changes: d
 def test_only_a_focus_classifier_takes_measures(tmp_path: Path, det: Path) -> None:
     entry = detector_entry(det, measures={"name": "measures", "set": "focus-v1", "count": 14})
     assert any("only a focus_classifier takes measures" in p for p in problems(tmp_path, [entry]))
+
+
+# --- issue 12 item 6: a learned blur type, as an optional second output of the focus classifier
+
+
+def test_a_focus_classifier_may_give_a_blur_type_with_its_motion_threshold(tmp_path: Path) -> None:
+    typed = typed_classifier(tmp_path / "typed.onnx", 16, 1.0, 2.0)
+    spec = load_manifest(write_manifest(tmp_path, [typed_entry(typed)])).models[0]
+    blur = spec.blur_type_output
+    assert blur is not None and (blur.name, blur.dims) == ("blur_type", (None, 2))
+    assert spec.motion_threshold is None and spec.motion_cut == 0.5
+    spec = load_manifest(write_manifest(tmp_path, [typed_entry(typed, motion_threshold=0.7)])).models[0]
+    assert spec.motion_cut == 0.7
+    check_signature(spec, {"crops": (None, 3, 16, 16)}, {"logits": (None, 2), "blur_type": (None, 2)})
+    with pytest.raises(ManifestError) as caught:
+        check_signature(spec, {"crops": (None, 3, 16, 16)}, {"logits": (None, 2)})
+    assert caught.value.problems == [
+        "focus-classifier: no output named 'blur_type' (blur_type_logits); the model has ['logits']"
+    ]
+    with pytest.raises(ManifestError, match=r"output 'blur_type' has shape \[None, 3\], the manifest says \[None, 2\]"):
+        check_signature(spec, {"crops": (None, 3, 16, 16)}, {"logits": (None, 2), "blur_type": (None, 3)})
+
+
+def test_a_manifest_of_today_has_no_blur_type_output(tmp_path: Path) -> None:
+    spec = load_manifest(detector_and_classifier(tmp_path)).models[1]
+    assert spec.blur_type_output is None and spec.motion_threshold is None
+    assert [o.role for o in spec.outputs] == ["logits"]
+
+
+LOGITS = {"role": "logits", "name": "logits", "shape": [-1, 2], "meaning": "[not_sharp, sharp] logits"}
+
+
+@pytest.mark.parametrize(
+    ("typed", "changes", "message"),
+    [
+        (False, {"motion_threshold": 0.6}, "motion_threshold belongs to a focus_classifier with a blur_type_logits"),
+        (True, {"motion_threshold": 1.0}, "models.0.motion_threshold: Input should be less than 1"),
+        (True, {"motion_threshold": 0.0}, "models.0.motion_threshold: Input should be greater than 0"),
+        (
+            True,
+            {"outputs": [LOGITS, {**BLUR_TYPE_OUTPUT, "shape": [-1, 3]}]},
+            "blur_type_logits are [-1, 2] ([defocus, motion], softmax), not [-1, 3]",
+        ),
+        (
+            True,
+            {"outputs": [LOGITS, {**BLUR_TYPE_OUTPUT, "shape": [-1, 2, 1]}]},
+            "blur_type_logits are [-1, 2]",
+        ),
+        (
+            True,
+            {"outputs": [BLUR_TYPE_OUTPUT]},
+            "a focus_classifier has outputs with roles ['logits'] (and optionally ['blur_type_logits']); this one has"
+            " ['blur_type_logits']",
+        ),
+        (
+            True,
+            {
+                "outputs": [
+                    LOGITS,
+                    BLUR_TYPE_OUTPUT,
+                    {**BLUR_TYPE_OUTPUT, "name": "b"},
+                ]
+            },
+            "this one has ['blur_type_logits', 'blur_type_logits', 'logits']",
+        ),
+    ],
+)
+def test_bad_blur_type_outputs_and_motion_thresholds_are_refused_naming_the_key(
+    tmp_path: Path, typed: bool, changes: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "model.onnx"
+    model = typed_classifier(path, 16, 1.0, 2.0) if typed else mean_classifier(path, 16, 0.0, 1.0)
+    entry = typed_entry(model) if typed else classifier_entry(model)
+    found = problems(tmp_path, [{**entry, **changes}])
+    assert any(message in p and p.split(":")[1].isdigit() for p in found), found
+
+
+def test_only_a_focus_classifier_has_a_blur_type(tmp_path: Path, det: Path) -> None:
+    entry = detector_entry(det)
+    entry["outputs"] = [*entry["outputs"], BLUR_TYPE_OUTPUT]
+    found = problems(tmp_path, [entry])
+    assert any(
+        "a cervix_detector has outputs with roles ['cls_logits', 'bbox_regression']; this one" in p for p in found
+    )
+    found = problems(tmp_path, [detector_entry(det, motion_threshold=0.5)])
+    assert any("motion_threshold belongs to a focus_classifier with a blur_type_logits output" in p for p in found)

@@ -28,6 +28,8 @@ from tests.onnx_models import (
     detector_and_classifier,
     fused_classifier,
     mean_classifier,
+    typed_classifier,
+    typed_entry,
     write_manifest,
 )
 
@@ -108,6 +110,7 @@ def test_detector_and_classifier_decode_through_onnxruntime(tmp_path: Path) -> N
     assert found.box == pytest.approx(BOX, abs=1e-6)
     focus = ClassifierFocus(manifest.models[1], runtimes["focus-classifier"]).judge(photo(), found.box)
     assert focus.sharp_probability == pytest.approx(SHARP_P, abs=1e-6)
+    assert focus.blur_type is None  # a model of today's form gives no type: the pipeline measures it classically
 
 
 def test_a_fused_model_gets_the_classical_measures_of_the_same_cervix(tmp_path: Path) -> None:
@@ -130,6 +133,52 @@ def test_a_fused_model_gets_the_classical_measures_of_the_same_cervix(tmp_path: 
         assert found.measure == pytest.approx(1.0 / (1.0 + np.exp(-logit)), abs=1e-5)
         probabilities.append(found.sharp_probability)
     assert probabilities[0] > 0.9 and probabilities[1] < 0.1, probabilities
+
+
+def typed_judge(tmp_path: Path, motion_bias: float, **changes: object) -> ClassifierFocus:
+    """A focus classifier whose sharp logit is 1 (sharp) and whose blur-type logits are [0, motion_bias]."""
+    typed = typed_classifier(tmp_path / "typed.onnx", 16, 1.0, motion_bias)
+    manifest = load_manifest(write_manifest(tmp_path, [typed_entry(typed, **changes)]))
+    spec = manifest.models[0]
+    return ClassifierFocus(spec, open_runtimes(manifest, lambda s: OnnxRuntime(manifest.onnx_path(s)))[spec.name])
+
+
+@pytest.mark.parametrize(
+    ("motion_bias", "changes", "kind"),
+    [
+        (3.0, {}, "motion"),  # motion probability 0.953
+        (-3.0, {}, "defocus"),  # 0.047
+        (0.5, {}, "motion"),  # 0.622 at the default threshold 0.5
+        (0.5, {"motion_threshold": 0.7}, "defocus"),  # 0.622 under 0.7
+        (1.0, {"motion_threshold": 0.7}, "motion"),  # 0.731
+    ],
+)
+def test_a_blur_type_output_gives_the_blur_type_of_every_photo(
+    tmp_path: Path, motion_bias: float, changes: dict[str, object], kind: str
+) -> None:
+    found = typed_judge(tmp_path, motion_bias, **changes).judge(photo(), BOX)
+    assert found.sharp_probability == pytest.approx(SHARP_P, abs=1e-6)  # the sharp logit as before
+    assert found.blur_type == kind
+
+
+@pytest.mark.parametrize(("motion_bias", "kind"), [(3.0, "motion"), (-3.0, "defocus")])
+def test_the_pipeline_keeps_the_models_blur_type(tmp_path: Path, motion_bias: float, kind: str) -> None:
+    """A blurred photo under the borderline band: the classical type is measured only when the model gave none."""
+    from gateway.backends.classical import ClassicalDetector
+    from gateway.decode import DecodedImage
+    from gateway.pipeline import Pipeline
+
+    config = parse_config("")
+    typed = typed_classifier(tmp_path / "typed.onnx", 16, -3.0, motion_bias)
+    manifest = load_manifest(write_manifest(tmp_path, [typed_entry(typed)]))
+    runtimes = open_runtimes(manifest, lambda s: OnnxRuntime(manifest.onnx_path(s)))
+    backend = neural_backend("onnxruntime", manifest, runtimes, config.classical)
+    assert isinstance(backend.detector, ClassicalDetector)
+    pipeline = Pipeline(backend, config.exposure)
+    for blur in ("motion", "defocus"):  # whatever the photo's real blur, the model's type is what comes back
+        scene = render(SceneSpec(960, 720, seed=3, blur=blur, blur_px=12.0))
+        focus = pipeline.assess(DecodedImage(scene.image, 960, 720, 1, "png")).focus
+        assert focus.sharp_probability < 0.4 and focus.blur_type == kind
 
 
 def test_a_model_that_does_not_match_its_spec_is_refused(tmp_path: Path) -> None:

@@ -274,6 +274,43 @@ def test_onnxruntime_backend_end_to_end_and_degraded_status_is_republished(
         service.stop()
 
 
+@pytest.mark.parametrize(
+    ("motion_bias", "reason", "guidance"),
+    [
+        (3.0, "motion_blur", "Hold the phone still while the photo is taken: movement blurred it."),
+        (-3.0, "defocus", "Tap the cervix to focus before taking the photo: it is out of focus."),
+    ],
+)
+def test_a_focus_model_with_a_blur_type_output_sets_the_reason_and_guidance(
+    broker: Broker,
+    recorder: Recorder,
+    blurred_jpeg: bytes,
+    tmp_path: Any,
+    motion_bias: float,
+    reason: str,
+    guidance: str,
+) -> None:
+    """The learned blur type (issue 12, item 6) reaches the verdict and the recapture request over MQTT; the same
+    photo gets motion_blur from one model and defocus from the other, whatever the classical measure says."""
+    from tests.onnx_models import typed_classifier, typed_entry, write_manifest
+
+    folder = tmp_path / "models"
+    typed = typed_classifier(folder / "typed.onnx", 16, -3.0, motion_bias)  # not sharp: raw 0.047
+    manifest = write_manifest(folder, [typed_entry(typed)])
+    service = start_gateway(gateway_config(broker, backend="onnxruntime", models={"manifest": str(manifest)}))
+    try:
+        recorder.publish("colposcopy/s/d/images", blurred_jpeg, props("typed-1"))
+        [message] = recorder.wait_for(1, "colposcopy/s/d/verdicts", timeout=60)
+        [request] = recorder.wait_for(1, "colposcopy/s/d/recapture", timeout=30)
+    finally:
+        service.stop()
+    verdict = body(message)
+    assert (verdict["image_id"], verdict["backend"], verdict["verdict"]) == ("typed-1", "onnxruntime", "recapture")
+    assert verdict["models"] == {"classical": verdict["models"]["classical"], "focus-classifier": "0.0.2"}
+    assert verdict["reasons"] == ["out_of_focus", reason], verdict
+    assert body(request)["reasons"] == ["out_of_focus", reason] and body(request)["guidance"] == [guidance]
+
+
 def test_busy_answers_are_waited_out_by_the_client_not_counted_as_failed_attempts(
     broker: Broker, sharp_jpeg: bytes
 ) -> None:

@@ -502,6 +502,68 @@ def test_a_fused_focus_model_builds_checks_its_reference_and_judges_on_tensorrt(
     judge.pipeline.slot.close()
 
 
+def test_a_plan_delivers_both_outputs_of_a_focus_model_with_a_blur_type(standin: StandIn, tmp_path: Path) -> None:
+    """Each output has its own bound buffer and comes back per row, batched or alone, as ONNX Runtime gives it."""
+    from gateway.engines.build import BuildOptions, build_plan
+    from gateway.runtimes.onnxruntime import OnnxRuntime
+    from gateway.runtimes.tensorrt import TensorRTRuntime
+    from tests.onnx_models import typed_classifier
+
+    onnx_path = typed_classifier(tmp_path / "typed.onnx", 16, 0.5, -1.0, gain=2.0, motion_gain=-3.0)
+    plan = tmp_path / "typed.plan"
+    plan.write_bytes(
+        build_plan(onnx_path, tmp_path / "timing.cache", BuildOptions("fp16", 4), BuildProgress("t", False))
+    )
+    rng = np.random.default_rng(7)
+    feeds = {"crops": rng.normal(0, 1, (3, 3, 16, 16)).astype(np.float32)}
+    want = OnnxRuntime(onnx_path).run(feeds)
+    runtime = TensorRTRuntime(plan)
+    try:
+        assert [t.name for t in runtime.outputs] == ["logits", "blur_type"]
+        got = runtime.run(feeds)
+        assert sorted(got) == ["blur_type", "logits"]
+        for name in ("logits", "blur_type"):
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+            for row in range(3):
+                alone = runtime.run({"crops": feeds["crops"][row : row + 1]})[name]
+                np.testing.assert_allclose(alone, want[name][row : row + 1], rtol=1e-5, atol=1e-5)
+        assert len({round(float(v), 4) for v in got["blur_type"][:, 1]}) == 3  # the rows differ: a mix-up would show
+    finally:
+        runtime.close()
+
+
+def test_a_plan_whose_blur_type_flips_is_refused_and_a_faithful_one_gives_the_models_type(
+    standin: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.engines.command import build
+    from tests.onnx_models import detector_and_typed_classifier
+
+    detector_and_typed_classifier(tmp_path / "models")
+    config = gateway_config(tmp_path)
+    standin.set("swap_columns:blur_type")  # [defocus, motion] swapped: the sharp probability is untouched
+    assert build(config, ["focus-classifier"], False) == 1
+    err = capsys.readouterr().err
+    assert "focus-classifier: build failed: the new plan does not reproduce the FP32 reference: " in err
+    assert "row 0 (batch 1): motion probability 0.0474 flips the blur type at 0.5 (0.9526)" in err
+    assert "more than 0.02 off" not in err and "flips the verdict" not in err
+    standin.set("")
+    assert build(config, [], True) == 0  # forced: a failed build is otherwise retried only after a backoff
+    assert "focus-classifier: the new plan reproduces the FP32 reference (4 rows, batch 1 and batches)" in (
+        capsys.readouterr().out
+    )
+    judge = build_judge(config)
+    try:
+        assert judge.pipeline.slot.current.name == "tensorrt", judge.pipeline.slot.reason
+        verdict = judge.judge(PhotoRequest("s", "d", "typed", png(), in_run=False)).verdict
+        assert (verdict.backend, verdict.verdict) == ("tensorrt", "recapture"), verdict.detail
+        assert [str(r) for r in verdict.reasons] == ["out_of_focus", "motion_blur"]
+        standin.set("swap_columns:blur_type")  # what the plan's buffers hold is what the verdict says
+        verdict = judge.judge(PhotoRequest("s", "d", "typed-2", png(), in_run=False)).verdict
+        assert [str(r) for r in verdict.reasons] == ["out_of_focus", "defocus"]
+    finally:
+        judge.pipeline.slot.close()
+
+
 def test_references_are_written_for_every_model_and_reproduced_by_onnxruntime(tmp_path: Path) -> None:
     from gateway.engines.reference import check, load_reference, write_references
     from gateway.runtimes.onnxruntime import OnnxRuntime

@@ -6,6 +6,7 @@ detector; no focus model -> the classical focus measure. The backend's ``models`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -15,7 +16,7 @@ from gateway.assessment import Box, CervixFinding, FocusFinding
 from gateway.backends.base import Backend, Detector, FocusJudge
 from gateway.backends.classical import ClassicalConfig, ClassicalDetector, ClassicalFocus
 from gateway.focus_measures import features
-from gateway.models.heads import cervix_finding, classifier_focus, retinanet_focus
+from gateway.models.heads import blur_type_of, cervix_finding, classifier_focus, motion_probability, retinanet_focus
 from gateway.models.manifest import Manifest, ModelSpec, check_signature
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import generate_anchors, postprocess
@@ -68,19 +69,28 @@ class RetinaNetFocus:
 
 class ClassifierFocus:
     """``focus_classifier`` on the cervix crop (the whole photo when no cervix was found), with the classical
-    measures of the same cervix as a second input when the manifest names a feature set."""
+    measures of the same cervix as a second input when the manifest names a feature set. A model with a
+    ``blur_type_logits`` output gives the blur type of every photo (the policy reads it only when it calls a
+    photo out of focus); without one it stays None and the pipeline measures it classically."""
 
     def __init__(self, spec: ModelSpec, runtime: Runtime) -> None:
         self.spec, self.runtime = spec, runtime
         self._logits = spec.output("logits").name
+        blur = spec.blur_type_output
+        self._blur = None if blur is None else blur.name
 
     def judge(self, image: np.ndarray, box: Box | None) -> FocusFinding:
         tensor, _ = preprocess(crop(image, box, self.spec.crop_margin), self.spec.input)
         feeds = {self.spec.input.name: tensor}
         if (measures := self.spec.measures) is not None:  # a fused model: the classical measures, same photo
             feeds[measures.name] = features(measures.set, image, box)[None]
-        logits = self.runtime.run(feeds)[self._logits][0]
-        return classifier_focus(logits, self.spec.labels, self.spec.threshold, self.spec.recapture_threshold)
+        out = self.runtime.run(feeds)
+        spec = self.spec
+        found = classifier_focus(out[self._logits][0], spec.labels, spec.threshold, spec.recapture_threshold)
+        if self._blur is None:
+            return found
+        kind = blur_type_of(motion_probability(out[self._blur][0]), spec.motion_cut)
+        return dataclasses.replace(found, blur_type=kind)
 
 
 RuntimeFactory = Callable[[ModelSpec], Runtime]

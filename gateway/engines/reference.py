@@ -2,8 +2,10 @@
 
 A new TensorRT plan must reproduce them before the gateway uses it: every row's decisive probability (the
 detector's best cervix score, the focus models' raw sharp probability) within ``TOLERANCE`` of the FP32 reference,
-and no verdict flip (across the model's threshold) where the reference is more than ``TOLERANCE`` from it. The
-rows run one at a time and as full batches, so a plan that mixes up rows fails too. The images are synthetic
+and no verdict flip (across the model's threshold) where the reference is more than ``TOLERANCE`` from it; for a
+focus model with a blur-type output, no blur-type flip (across ``motion_threshold``) where the reference's motion
+probability is at least ``BLUR_TYPE_MARGIN`` from it. The rows run one at a time and as full batches, so a plan
+that mixes up rows fails too. Every output is stored, by name. The images are synthetic
 (``gateway.scenes``), stored as the BGR photos (detector) or cervix crops (focus classifier) the preprocessing
 takes. ``colpo-gateway train`` writes them with ONNX Runtime, as ``python -m gateway.engines.reference MANIFEST``
 does for a manifest made otherwise.
@@ -18,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.models.heads import classifier_focus, retinanet_focus
+from gateway.models.heads import classifier_focus, motion_probability, retinanet_focus
 from gateway.models.manifest import Manifest, ModelSpec, load_manifest, sha256_file
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import sigmoid
 from gateway.runtimes.runtime import Runtime
 
 TOLERANCE = 0.02
+BLUR_TYPE_MARGIN = 0.1
+"""A blur-type flip counts where the FP32 motion probability is at least this far from ``motion_threshold``."""
 SUFFIX = ".reference.npz"
 
 
@@ -87,6 +91,26 @@ def probabilities(spec: ModelSpec, outputs: Mapping[str, np.ndarray]) -> np.ndar
     return np.array([classifier_focus(row, spec.labels, spec.threshold).measure for row in logits])
 
 
+def motion_probabilities(spec: ModelSpec, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Each row's motion probability (a focus model's blur-type output), or None for a model without one."""
+    blur = spec.blur_type_output
+    if blur is None:
+        return None
+    return np.array([motion_probability(row) for row in outputs[blur.name]])
+
+
+def compare_blur_types(spec: ModelSpec, want: np.ndarray, got: np.ndarray, rows: list[int], how: str) -> list[str]:
+    """Blur-type flips of ``got`` (motion probabilities of ``rows``) against the reference's ``want`` (all rows)."""
+    cut, problems = spec.motion_cut, []
+    for index, row in enumerate(rows):
+        expected, actual = float(want[row]), float(got[index])
+        if (actual >= cut) != (expected >= cut) and abs(expected - cut) >= BLUR_TYPE_MARGIN:
+            problems.append(
+                f"row {row} ({how}): motion probability {actual:.4f} flips the blur type at {cut} ({expected:.4f})"
+            )
+    return problems
+
+
 def compare(spec: ModelSpec, want: np.ndarray, got: np.ndarray, rows: list[int], how: str) -> list[str]:
     """Problems of ``got`` (decisive probabilities of ``rows``) against the reference's ``want`` (all rows)."""
     problems = []
@@ -101,16 +125,21 @@ def compare(spec: ModelSpec, want: np.ndarray, got: np.ndarray, rows: list[int],
 
 def check(spec: ModelSpec, reference: Reference, runtime: Runtime, max_batch: int) -> list[str]:
     """Run the reference on ``runtime`` one row at a time and in batches of ``max_batch``; the problems found."""
+    blur = spec.blur_type_output
+    if blur is not None and blur.name not in reference.outputs:
+        return [f"the reference has no output {blur.name!r} (blur_type_logits): write it again ({__name__})"]
     want = probabilities(spec, reference.outputs)
+    want_motion = motion_probabilities(spec, reference.outputs)
     count = len(reference.images)
     problems = []
-    for row in range(count):
-        got = probabilities(spec, runtime.run(reference.feeds(spec, [row])))
-        problems += compare(spec, want, got, [row], "batch 1")
-    for start in range(0, count, max_batch):
-        rows = list(range(start, min(count, start + max_batch)))
-        got = probabilities(spec, runtime.run(reference.feeds(spec, rows)))
-        problems += compare(spec, want, got, rows, f"batch {len(rows)}")
+    batches = [[row] for row in range(count)]
+    batches += [list(range(start, min(count, start + max_batch))) for start in range(0, count, max_batch)]
+    for index, rows in enumerate(batches):
+        how = "batch 1" if index < count else f"batch {len(rows)}"
+        out = runtime.run(reference.feeds(spec, rows))
+        problems += compare(spec, want, probabilities(spec, out), rows, how)
+        if want_motion is not None and (got_motion := motion_probabilities(spec, out)) is not None:
+            problems += compare_blur_types(spec, want_motion, got_motion, rows, how)
     return problems
 
 

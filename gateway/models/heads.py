@@ -3,7 +3,8 @@
 * detector: the highest-scoring ``cervix`` detection; found when its score reaches the model's threshold;
 * focus RetinaNet: the highest-scoring box over all anchors and both classes decides (Guo et al.): its score
   ``s`` gives a raw sharp probability ``s`` if the class is ``sharp``, else ``1 - s``;
-* focus classifier: softmax over ``[N, 2]`` logits (the ``sharp`` column), or the sigmoid of ``[N, 1]``.
+* focus classifier: softmax over ``[N, 2]`` logits (the ``sharp`` column), or the sigmoid of ``[N, 1]``; its
+  optional ``[N, 2]`` blur-type logits ``[defocus, motion]``: softmax, ``motion`` from the model's motion threshold.
 
 The raw probability ``p`` is then mapped through the model's operating threshold ``t`` (piecewise linear:
 ``0 -> 0``, ``t -> 0.5``, ``1 -> 1``), so the policy's 0.5 means the model's operating point. A model that gives
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.assessment import CervixFinding, FocusFinding
+from gateway.assessment import BlurType, CervixFinding, FocusFinding
 from gateway.models.preprocess import Geometry
 from gateway.models.retinanet import Detections, sigmoid
 
@@ -76,3 +77,15 @@ def classifier_focus(
         shifted = np.exp(values - values.max())
         raw = float(shifted[labels.index("sharp")] / shifted.sum())
     return FocusFinding(sharp_probability=calibrate(raw, threshold, recapture), measure=raw)
+
+
+def motion_probability(blur_type_logits: np.ndarray) -> float:
+    """One image's ``[2]`` blur-type logits ``[defocus, motion]`` -> the softmax probability of motion."""
+    values = np.asarray(blur_type_logits, dtype=np.float64).ravel()
+    shifted = np.exp(values - values.max())
+    return float(shifted[1] / shifted.sum())
+
+
+def blur_type_of(motion: float, threshold: float) -> BlurType:
+    """``motion`` from ``threshold`` (the manifest's ``motion_threshold``) up, else ``defocus``."""
+    return "motion" if motion >= threshold else "defocus"

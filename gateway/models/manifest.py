@@ -14,6 +14,10 @@ The model contract (the trainer must match it; see ``engines/manifest.yaml`` for
   cervix (``gateway.focus_measures.FEATURE_SETS``), computed in numpy beside the model and fed with the crop, so
   one model fuses learned and classical evidence on ONNX Runtime and TensorRT alike. Entries without it load
   and run as before.
+* A ``focus_classifier`` may have a second output, role ``blur_type_logits`` ``[N, 2]``: ``[defocus, motion]``
+  logits (softmax). The blur type is ``motion`` when the motion probability reaches ``motion_threshold`` (optional,
+  in (0, 1), default 0.5; only with that output), else ``defocus``. Without it the gateway measures the type
+  classically (``gateway.focus_measures.blur_type``).
 * ``threshold`` is the model's operating point: the detector's minimum cervix score; for focus models the raw
   sharp probability that maps to 0.5 (see ``gateway.models.heads.calibrate``). A focus model may also give
   ``recapture_threshold``, the raw probability that maps to the policy's default recapture point (0.4: 0.5
@@ -38,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 MANIFEST_SCHEMA = "colposcopy-gateway/models/1"
 
 Task = Literal["cervix_detector", "focus_retinanet", "focus_classifier"]
-Role = Literal["cls_logits", "bbox_regression", "logits"]
+Role = Literal["cls_logits", "bbox_regression", "logits", "blur_type_logits"]
 Shape = tuple[int | None, ...]
 """A tensor shape; ``None`` (``-1`` in the YAML) is a dynamic dimension."""
 
@@ -49,6 +53,11 @@ ROLES: dict[str, tuple[Role, ...]] = {
     "focus_retinanet": ("cls_logits", "bbox_regression"),
     "focus_classifier": ("logits",),
 }
+"""The output roles each task must have."""
+OPTIONAL_ROLES: dict[str, tuple[Role, ...]] = {"focus_classifier": ("blur_type_logits",)}
+"""The output roles a task may have besides (at most one each)."""
+MOTION_THRESHOLD = 0.5
+"""The default ``motion_threshold``: the blur type is ``motion`` from this softmax probability of motion up."""
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -218,6 +227,13 @@ class ModelSpec(_Strict):
     decode: DecodeSpec = DecodeSpec()
     crop_margin: float = Field(default=0.1, ge=0, le=1, description="focus_classifier: margin around the cervix box")
     measures: MeasuresSpec | None = Field(default=None, description="focus_classifier: a second, classical input")
+    motion_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="focus_classifier with a blur_type_logits output: the motion probability from which the blur "
+        f"type is motion (default {MOTION_THRESHOLD})",
+    )
     card: ModelCard
 
     @field_validator("name")
@@ -237,14 +253,18 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _contract(self) -> ModelSpec:
         roles = sorted(o.role for o in self.outputs)
-        if roles != sorted(ROLES[self.task]):
-            raise ValueError(f"a {self.task} has outputs with roles {list(ROLES[self.task])}; this one has {roles}")
+        required, optional = ROLES[self.task], OPTIONAL_ROLES.get(self.task, ())
+        if sorted(r for r in roles if r not in optional) != sorted(required) or len(set(roles)) != len(roles):
+            also = f" (and optionally {list(optional)})" if optional else ""
+            raise ValueError(f"a {self.task} has outputs with roles {list(required)}{also}; this one has {roles}")
         if len({o.name for o in self.outputs}) != len(self.outputs):
             raise ValueError("output names must be distinct")
         if self.recapture_threshold is not None and (
             self.task not in FOCUS_TASKS or self.recapture_threshold >= self.threshold
         ):
             raise ValueError("recapture_threshold belongs to a focus model and lies below its threshold")
+        if self.motion_threshold is not None and self.blur_type_output is None:
+            raise ValueError("motion_threshold belongs to a focus_classifier with a blur_type_logits output")
         if self.measures is not None and self.task != "focus_classifier":
             raise ValueError("only a focus_classifier takes measures")
         if self.measures is not None and self.measures.name == self.input.name:
@@ -288,9 +308,21 @@ class ModelSpec(_Strict):
             raise ValueError("logits are [N, 2] (softmax) or [N, 1] (sigmoid)")
         if dims[1] is not None and dims[1] != len(self.labels):
             raise ValueError(f"logits have {dims[1]} classes but there are {len(self.labels)} labels")
+        if (blur := self.blur_type_output) is not None and (len(blur.dims) != 2 or blur.dims[1] != 2):
+            raise ValueError(f"blur_type_logits are [-1, 2] ([defocus, motion], softmax), not {list(blur.shape)}")
 
     def output(self, role: Role) -> OutputSpec:
         return next(o for o in self.outputs if o.role == role)
+
+    @property
+    def blur_type_output(self) -> OutputSpec | None:
+        """A focus_classifier's optional ``blur_type_logits`` output."""
+        return next((o for o in self.outputs if o.role == "blur_type_logits"), None)
+
+    @property
+    def motion_cut(self) -> float:
+        """``motion_threshold``, or its default."""
+        return MOTION_THRESHOLD if self.motion_threshold is None else self.motion_threshold
 
 
 class Manifest(_Strict):

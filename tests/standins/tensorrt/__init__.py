@@ -6,7 +6,8 @@ rows of a batch come back reversed), ``broken_input:NAME`` (every run of a plan 
 after a sticky CUDA error), ``execute_raises`` (a Python exception from ``execute_async_v3``), ``slow_execute:S``
 (each run sleeps S seconds), ``no_exec_context`` (``create_execution_context`` gives None: out of memory),
 ``build_raises`` (the builder raises ValueError), ``build_fails`` (it returns None), ``build_steps:N:S`` (N
-progress steps of S seconds each; default 3 steps, no wait), ``bias:X`` (X is added to every output value).
+progress steps of S seconds each; default 3 steps, no wait), ``bias:X`` (X is added to every output value),
+``swap_columns:NAME`` (output NAME comes back with its last axis reversed: a [defocus, motion] pair swapped).
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ class IExecutionContext:
                 out = out[::-1]
             if bias is not None:
                 out = out + float(bias[0])
+            if (swapped := _fault("swap_columns")) is not None and swapped[0] == name:
+                out = out[..., ::-1]
             self._view(name)[...] = out
         with _runs_lock:
             runs += 1
