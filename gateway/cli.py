@@ -216,24 +216,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.training.evaluate import evaluate, roc_png
+    from gateway.evaluation.seed_spread import SeedSpread
+    from gateway.progress import BuildProgress
+    from gateway.training.evaluate import Report, evaluate, roc_png
 
     config = load_config(args.config)
     configure_logging(config.logging)
     manifest = args.manifest or config.models.manifest_path()
     sources = [s for s in args.independent_blur.split(",") if s and s != "none"]
-    report = evaluate(
-        args.data,
-        manifest,
-        seed=args.seed,
-        all_patients=args.all,
-        config=config,
-        holdout_sources=sources,
-        draws=args.draws,
-    )
-    print(report.table())
+
+    def run(seed: int, path: Path) -> Report:
+        progress = BuildProgress(f"evaluate seed {seed}", interval_s=15.0)
+        report = evaluate(
+            args.data,
+            path,
+            seed=seed,
+            progress=progress,
+            all_patients=args.all,
+            config=config,
+            holdout_sources=sources,
+            draws=args.draws,
+        )
+        progress.close()
+        return report
+
+    report = run(args.seed, manifest)
+    print(report.table(), flush=True)
+    out = report.to_json()
+    if args.seed_manifests:
+        reports = {args.seed: report} | {seed: run(seed, path) for seed, path in args.seed_manifests.items()}
+        spread = SeedSpread(reports)
+        print("\n" + spread.table())
+        out["seed_reports"] = {str(seed): r.to_json() for seed, r in reports.items() if seed != args.seed}
+        out["seed_spread"] = spread.to_json()
     if args.json:
-        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
     if args.roc:
         roc_png(report, args.roc)
     return 0
@@ -281,6 +298,40 @@ def _draws(text: str) -> int:
     if value < 8:
         raise argparse.ArgumentTypeError(f"at least 8 draws per photo, got {value}")
     return value
+
+
+def _seed_manifests(text: str) -> dict[int, Path]:
+    """``SEED=MANIFEST,...``: each seed an int, once; each manifest an existing, valid manifest file."""
+    from gateway.models.manifest import ManifestError, load_manifest
+
+    out: dict[int, Path] = {}
+    for item in (part.strip() for part in text.split(",")):
+        seed_text, sep, path_text = item.partition("=")
+        try:
+            seed = int(seed_text)
+        except ValueError:
+            seed = None
+        if not sep or seed is None or not path_text:
+            raise argparse.ArgumentTypeError(f"{item!r} is not SEED=MANIFEST (SEED an integer)")
+        if seed in out:
+            raise argparse.ArgumentTypeError(f"seed {seed} is given twice")
+        path = Path(path_text)
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"seed {seed}: {path} is not an existing manifest file")
+        try:
+            load_manifest(path)
+        except ManifestError as exc:
+            problems = "; ".join(exc.problems)
+            raise argparse.ArgumentTypeError(f"seed {seed}: {path} is not a valid manifest: {problems}") from None
+        out[seed] = path
+    return out
+
+
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """What the parser cannot check option by option."""
+    if args.command == "evaluate" and args.seed_manifests and args.seed in args.seed_manifests:
+        return f"argument --seed-manifests: seed {args.seed} is the main --seed; give only the other seeds"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -378,7 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sources for the independent blur generator's rows: atlas, device-like, both (default) or none",
     )
     ev.add_argument("--draws", type=_draws, default=10, help="independent blur draws per photo (>= 8)")
-    ev.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
+    ev.add_argument(
+        "--seed-manifests",
+        type=_seed_manifests,
+        metavar="SEED=MANIFEST,...",
+        help="the models of other training seeds (not --seed), each evaluated on its own patient split with the same"
+        " options; then a seed spread of the headline figures and the per-seed targets",
+    )
+    ev.add_argument("--json", type=Path, metavar="FILE", help="write the full report (and per-seed reports) as JSON")
     ev.add_argument("--roc", type=Path, metavar="PNG", help="draw the ROC curves")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -398,7 +456,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (problem := _argument_problem(args)) is not None:
+        parser.error(problem)
     try:
         return int(args.func(args))
     except ConfigError as exc:

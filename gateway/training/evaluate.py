@@ -68,6 +68,11 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mark(ok: bool) -> str:
+    """A target's status cell."""
+    return "met" if ok else "**not met**"
+
+
 @dataclass(frozen=True)
 class Confusion:
     tp: int
@@ -291,6 +296,7 @@ class Report:
             out[row] = {
                 "n": len(cases),
                 "measures": "recall (found not sharp)" if positive else "specificity (kept sharp)",
+                "model_k": k_model,
                 "model": k_model / len(cases) if cases else math.nan,
                 "model_ci": wilson(k_model, len(cases)),
                 "laplacian": k_base / len(cases) if cases else math.nan,
@@ -427,10 +433,6 @@ class Report:
         rows = self.per_row()
         worse = [r for r, v in rows.items() if v["n"] and v["model"] <= v["laplacian"]]
         d = self.detector
-
-        def mark(ok: bool) -> str:
-            return "met" if ok else "**not met**"
-
         lines = ["### Targets", "", "| target | reached | |", "|---|---|---|"]
         lines.append(f"| accuracy >= 97 % | {100 * model['accuracy']:.1f} % | {mark(model['accuracy'] >= 0.97)} |")
         at95 = self.sensitivity_at_specificity(0.95)
