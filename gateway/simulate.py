@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,10 @@ class DeviceAccess:
     key_file: Path | None = None
 
 
+REPEAT_CLOCK_SLACK = timedelta(seconds=1)
+"""A verdict whose photo the gateway received more than this before the send began is a repeat."""
+
+
 @dataclass(frozen=True)
 class Result:
     device: str
@@ -49,11 +54,26 @@ class Result:
     verdict: VerdictMessage | None
     latency_ms: float
 
+    sent_at: datetime | None = None
+    """Wall clock (UTC) when this send began."""
+
     @property
     def repeat(self) -> bool:
-        """Answered from the gateway's verdict store: the verdict's own received-to-decided time is longer than
-        the whole round trip of this send, so it was decided for an earlier send of the same photo and id."""
-        return self.verdict is not None and self.latency_ms < self.verdict.timings_ms.get("total", 0.0)
+        """Answered from the gateway's verdict store, decided for an earlier send of the same photo and id: the
+        verdict's own received-to-decided time is longer than this send's whole round trip (no clocks involved),
+        or the gateway received the photo more than ``REPEAT_CLOCK_SLACK`` before this send began (a loaded
+        machine answers a repeat more slowly than it once judged the photo; clocks on a LAN agree far closer)."""
+        if self.verdict is None:
+            return False
+        if self.latency_ms < self.verdict.timings_ms.get("total", 0.0):
+            return True
+        if self.sent_at is None:
+            return False
+        try:
+            received = datetime.fromisoformat(self.verdict.received_at)
+        except ValueError:
+            return False
+        return received < self.sent_at - REPEAT_CLOCK_SLACK
 
 
 class BrokerUnreachable(ConnectionError):
@@ -129,14 +149,14 @@ def run_devices(
                 photo = photos[(index + k * devices) % len(photos)]
                 if rate_hz > 0:
                     time.sleep(max(0.0, start + k / rate_hz - time.monotonic()))
-                sent = time.monotonic()
+                sent, sent_at = time.monotonic(), datetime.now(timezone.utc)
                 try:
                     verdict: VerdictMessage | None = client.submit(
                         photo.payload, image_id=f"{run_id}-{name}-{k:04d}", timeout_s=timeout_s, retries=0
                     )
                 except SubmitTimeout:
                     verdict = None
-                result = Result(name, photo, verdict, (time.monotonic() - sent) * 1e3)
+                result = Result(name, photo, verdict, (time.monotonic() - sent) * 1e3, sent_at)
                 with lock:
                     results.append(result)
                 if on_result is not None:

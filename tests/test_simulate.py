@@ -52,3 +52,29 @@ def test_each_run_sends_fresh_ids_and_repeats_are_counted_apart(broker: Broker) 
     summary = summarize(repeated, 1.0)
     assert "repeats (answered from the gateway's verdict store, not judged again): 6" in summary
     assert "latency ms of the repeats: p50=" in summary and "\nlatency ms: " not in summary
+
+
+def test_a_repeat_is_told_apart_when_it_comes_back_slower_than_the_photo_was_judged() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from gateway.protocol import VerdictMessage, utc_timestamp
+    from gateway.simulate import Photo, Result
+
+    now = datetime.now(timezone.utc)
+
+    def verdict(received: datetime) -> VerdictMessage:
+        return VerdictMessage(
+            image_id="i", site="s", device="d", verdict="accept", reasons=[], focus=None, cervix=None,
+            backend="classical", models={}, timings_ms={"total": 40.0},
+            received_at=utc_timestamp(received), decided_at=utc_timestamp(received + timedelta(milliseconds=40)),
+        )  # fmt: skip
+
+    photo = Photo("p", b"x")
+    # a loaded machine: the stored verdict took 90 ms to come back, longer than the 40 ms judgement it records
+    earlier = Result("d", photo, verdict(now - timedelta(seconds=5)), 90.0, now)
+    assert earlier.repeat
+    fresh = Result("d", photo, verdict(now + timedelta(milliseconds=20)), 90.0, now)
+    assert not fresh.repeat
+    assert Result("d", photo, verdict(now - timedelta(seconds=5)), 30.0).repeat  # shorter than its judgement
+    assert not Result("d", photo, verdict(now - timedelta(seconds=5)), 90.0).repeat  # no send time: clock-free only
+    assert not Result("d", photo, None, 90.0, now).repeat
