@@ -446,3 +446,23 @@ def test_a_fused_classifier_with_a_blur_type_head_exports_both_outputs(tmp_path:
     )
     assert [o.shape for o in outputs] == [(3, 2), (3, 2)]
     assert not np.allclose(outputs[0], outputs[1])  # two heads, not one output twice
+
+
+def test_the_blur_type_head_learns_motion_from_the_blurred_draws_only() -> None:
+    torch = pytest.importorskip("torch")
+    from gateway.training.train import FocusSet, TrainOptions, blur_type_head
+
+    rng = np.random.default_rng(0)
+    n = 400
+    motion = np.where(np.arange(n) % 3 == 0, -1, np.arange(n) % 2).astype(np.int8)  # a third sharp
+    x = rng.normal(0, 1, (n, 6)).astype(np.float32)
+    x[:, 5] += 3.0 * (motion == 1)  # the last measure says motion
+    x[motion == -1, 5] = 50.0  # sharp draws would mislead the head if it saw them
+    data = FocusSet(x, (motion == -1).astype(np.float32), np.array([f"p{i % 10}" for i in range(n)]), motion,
+                    np.arange(n) % 4 == 0)  # fmt: skip
+    options = TrainOptions(Path("."), Path("."), seed=0, focus_epochs=60)
+    head, facts = blur_type_head(data, options, measures=1)
+    assert facts["cv_blur_type_right"] > 0.9 and facts["cv_motion_typed_motion"] > 0.85
+    with torch.no_grad():
+        p = torch.softmax(head(torch.from_numpy(x[motion >= 0])), dim=1)[:, 1].numpy()
+    assert np.mean((p >= 0.5) == (motion[motion >= 0] == 1)) > 0.9

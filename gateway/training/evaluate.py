@@ -622,6 +622,17 @@ def roc_png(report: Report, path: Path) -> None:
     )
 
 
+def _blur_type_text(cv: dict[str, float]) -> str:
+    """The blur-type head's out-of-fold figures (``train.blur_type_head``), for the card."""
+    if not cv:
+        return "(This run trained no blur-type head: it needs the classical measures.)"
+    return (
+        f"Out of fold on the training patients' blurred draws the type is right on {cv['cv_blur_type_right']:.1%}"
+        f"\n  ({cv['cv_blur_type_right_device']:.1%} of the device-like ones; motion typed motion"
+        f" {cv['cv_motion_typed_motion']:.1%}, defocus typed defocus {cv['cv_defocus_typed_defocus']:.1%})."
+    )
+
+
 def model_card(report: Report, facts: dict[str, Any]) -> str:
     """The model card (markdown), with the evaluation table."""
     split = facts["split"]
@@ -652,11 +663,7 @@ torch to {facts["parity"]:.1e}.
   a 2-layer MLP (32 hidden) on all of them plus a linear term on the measures -> logits [not_sharp, sharp]; a
   second head of the same form -> `blur_type_logits` [defocus, motion], trained on the blurred draws only (motion of
   either shape against defocus and cervix-only blur); the gateway says `motion_blur` when the motion probability is
-  at least 0.5 (the more probable type, fixed before any run), else `defocus`. Out of fold on the training
-  patients' blurred draws the type is right on {facts["blur_type"]["cv_blur_type_right"]:.1%}
-  ({facts["blur_type"]["cv_blur_type_right_device"]:.1%} of the device-like ones; motion typed motion
-  {facts["blur_type"]["cv_motion_typed_motion"]:.1%}, defocus typed defocus
-  {facts["blur_type"]["cv_defocus_typed_defocus"]:.1%}).
+  at least 0.5 (the more probable type, fixed before any run), else `defocus`. {_blur_type_text(facts["blur_type"])}
   Operating point (raw sharp probability): recapture below {facts["focus_recapture_threshold"]:.3f}, borderline up
   to {facts["focus_threshold"]:.3f} (mapped to the default policy's 0.4 and 0.5), set by cross-validation across the
   training patients (Thresholds, below).

@@ -416,6 +416,23 @@ def cross_validated(
     return scores
 
 
+def blur_type_head(data: FocusSet, options: TrainOptions, measures: int) -> tuple[model.FocusHead, dict[str, float]]:
+    """The blur type: a second head on the same inputs, trained on the blurred draws (motion of either shape
+    against defocus and cervix-only blur), and its out-of-fold figures across the training patients."""
+    blurred = data.subset(data.motion >= 0)
+    motion = blurred.motion.astype(np.float32)
+    scores = cross_validated(blurred.x, motion, blurred.groups, options, measures)
+    right = (scores >= MOTION_THRESHOLD) == (motion == 1)
+    facts = {
+        "cv_blur_type_right": float(right.mean()),
+        "cv_blur_type_right_device": float(right[blurred.device].mean()),
+        "cv_motion_typed_motion": float(right[motion == 1].mean()),
+        "cv_defocus_typed_defocus": float(right[motion == 0].mean()),
+    }
+    log.info("focus_blur_type", **{k: round(v, 4) for k, v in facts.items()})
+    return train_focus_head(blurred.x, motion, options, measures), facts
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     threshold: float
@@ -665,20 +682,7 @@ def run(options: TrainOptions) -> int:
         point = operating_point(scores, data.y == 1, data.device)
         log.info("focus_operating_point", threshold=round(point.threshold, 4), recapture=round(point.recapture, 4))
         head = train_focus_head(data.x, data.y, options, measures)
-        # the blur type: a second head on the same inputs, trained on the blurred draws (motion of either shape
-        # against defocus and cervix-only blur), measured out of fold like the focus head
-        blurred = data.subset(data.motion >= 0)
-        motion_label = blurred.motion.astype(np.float32)
-        type_scores = cross_validated(blurred.x, motion_label, blurred.groups, options, measures)
-        typed = (type_scores >= MOTION_THRESHOLD) == (motion_label == 1)
-        type_facts = {
-            "cv_blur_type_right": float(typed.mean()),
-            "cv_blur_type_right_device": float(typed[blurred.device].mean()),
-            "cv_motion_typed_motion": float(typed[motion_label == 1].mean()),
-            "cv_defocus_typed_defocus": float(typed[motion_label == 0].mean()),
-        }
-        log.info("focus_blur_type", **{k: round(v, 4) for k, v in type_facts.items()})
-        type_head = train_focus_head(blurred.x, motion_label, options, measures)
+        type_head, type_facts = blur_type_head(data, options, measures) if measures else (None, {})
         if options.keep_detector is None:
             det_extractor = _Extractor(model.DetectorFeatures(DETECTOR_SIZE), dspec, ["c4", "c5"], Path(tmp))
             cached, labels, targets = detector_data(train_photos, options, det_extractor, progress)
@@ -813,7 +817,7 @@ def run(options: TrainOptions) -> int:
         "focus_threshold": point.threshold,
         "focus_recapture_threshold": point.recapture,
         "operating_point": point.facts,
-        "blur_type": type_facts if measures else {},
+        "blur_type": type_facts,
         "detector_threshold": detector_threshold,
         "focus_ops": export.ops(focus_path),
         "detector_ops": export.ops(detector_path),
