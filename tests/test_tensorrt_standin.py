@@ -497,7 +497,7 @@ def test_a_fused_focus_model_builds_checks_its_reference_and_judges_on_tensorrt(
     judge = build_judge(config)
     assert judge.pipeline.slot.current.name == "tensorrt", judge.pipeline.slot.reason
     verdict = judge.judge(PhotoRequest("s", "d", "fused", png(), in_run=False)).verdict
-    assert (verdict.backend, verdict.verdict) != ("tensorrt", "error"), verdict.detail
+    assert verdict.backend == "tensorrt" and verdict.verdict != "error", verdict.detail
     assert verdict.focus is not None and 0.0 <= verdict.focus.sharp_probability <= 1.0
     judge.pipeline.slot.close()
 

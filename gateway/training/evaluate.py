@@ -769,10 +769,10 @@ device-like photo; "at its point" counts what the default policy would recapture
 
 | variant | real blurry at its point (sharp kept) | losing 2/37 | real AUC | holdout AUC | recaptured / accepted |
 |---|---|---|---|---|---|
-| 1.0.0 (committed until now) | 2/14 (37/37) | 5 | 0.811 | 0.996 / 0.996 | 92.8 % / 99.1 % |
+| 1.0.0 (committed before 1.1.0) | 2/14 (37/37) | 5 | 0.811 | 0.996 / 0.996 | 92.8 % / 99.1 % |
 | learned features only, device-like draws added | 4/14 (37/37) | 7 | 0.834 | 0.997 / 0.996 | 92.6 % / 100 % |
 | classical measures only (`focus-v1`) | 6/14 (30/37) | 3 | 0.571 | 0.968 / 0.969 | 92.8 % / 83.8 % |
-| **fused, head seed 0 (this model)** | 2/14 (37/37) | 6 | 0.846 | 0.997 / 0.997 | 91.7 % / 100 % |
+| **fused, head seed 0 (1.1.0)** | 2/14 (37/37) | 6 | 0.846 | 0.997 / 0.997 | 91.7 % / 100 % |
 | fused, head seed 1 | 3/14 (37/37) | 6 | 0.832 | 0.997 / 0.996 | 93.7 % / 100 % |
 | fused, head seed 2 | 2/14 (37/37) | 8 | 0.840 | 0.999 / 0.998 | 92.6 % / 100 % |
 | variance of the Laplacian | | 4 | 0.639 | 0.944 / 0.959 | |
