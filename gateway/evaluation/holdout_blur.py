@@ -2,7 +2,9 @@
 
 Written apart from the training degradation model (``gateway/training/degradations.py``), from which it imports
 nothing: its own kernels, its own radiance and noise model, its own random streams (Philox, keyed by a text key).
-It must never be used for training or for choosing a threshold.
+It must never be used for training or for choosing a threshold. Its code stays apart, but since degradation model 2
+(focus classifier 1.2.0) the training draws also hold circular arcs of nearly the same form and range (turning
+0.6-3.1 rad, paths of 1.2-6 %), so ``arc_motion`` now measures blur of a trained kind, not unseen blur.
 
 Families, sized as a fraction of the cervix width ``w`` (the cervix box width in pixels of the image blurred),
 each drawn log-uniform in its range so that mild blur is well represented:
