@@ -52,7 +52,7 @@ from gateway.training.dataset import Photo, box_pixels  # noqa: E402
 
 FAMILIES: tuple[holdout_blur.Family, ...] = ("sharp", "gaussian", "disk", "linear_motion", "arc_motion", "cervix_disk")
 OLD = ROOT / "engines" / "focus-classifier-1.0.0.onnx"
-FEATURES = 2 * sum(model.STAGE_CHANNELS)
+FEATURES = model.FOCUS_FEATURES
 VARIANTS = {
     "cnn": (slice(0, FEATURES), 0),
     "classical": (slice(FEATURES, None), 0),

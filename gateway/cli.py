@@ -244,10 +244,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(report.table(), flush=True)
     out = report.to_json()
     if args.seed_manifests:
-        reports = {args.seed: report} | {seed: run(seed, path) for seed, path in args.seed_manifests.items()}
-        spread = SeedSpread(reports)
+        others = {seed: run(seed, path) for seed, path in args.seed_manifests.items()}
+        spread = SeedSpread({args.seed: report} | others)
         print("\n" + spread.table())
-        out["seed_reports"] = {str(seed): r.to_json() for seed, r in reports.items() if seed != args.seed}
+        out["seed_reports"] = {str(seed): r.to_json() for seed, r in others.items()}
         out["seed_spread"] = spread.to_json()
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

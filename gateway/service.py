@@ -275,22 +275,25 @@ class GatewayService:
         return Outgoing(self._status_topic, message.to_json(), retain=True, expiry_s=expiry)
 
     def _announce(self) -> None:
-        """Publish the availability status (online or degraded): on every (re)connect."""
+        """Publish the availability status (online or degraded): on every (re)connect, and on a change or the
+        heartbeat while connected (``_announce_if_connected``)."""
         self._transport.publish(self._status(self._judge.pipeline.slot.state))
+
+    def _announce_if_connected(self) -> None:
+        if self._transport.connected.is_set():
+            self._announce()
 
     def _beat_status(self) -> None:
         """Republish the status every ``broker.status_interval_s`` while connected, renewing its expiry."""
         interval = self._config.broker.status_interval_s
         while not self._stopping.wait(interval):
-            if self._transport.connected.is_set():
-                self._announce()
+            self._announce_if_connected()
 
     def _backend_changed(self, slot: BackendSlot) -> None:
         """A background TensorRT build finished or failed: republish the status (if offline, the next
         connect announces it anyway)."""
         self._metrics.backend(slot)
-        if self._transport.connected.is_set():
-            self._announce()
+        self._announce_if_connected()
 
     def _hand_over(self) -> None:
         """With a peer in the share group online, leave the group so the broker sends it the photos from now on.
@@ -470,8 +473,7 @@ class GatewayService:
             self._store_fault = fault
         if fault is not None:
             log.warning("status_degraded", detail=fault)
-        if self._transport.connected.is_set():
-            self._announce()
+        self._announce_if_connected()
 
     def _send(self, job: _Job, answer: StoredVerdict, duplicate: bool) -> None:
         """Publish the verdict (and recapture request); acknowledge the photo once the broker has both."""

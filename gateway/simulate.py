@@ -70,7 +70,7 @@ class Result:
         if self.sent_at is None:
             return False
         try:
-            received = datetime.fromisoformat(self.verdict.received_at)
+            received = datetime.fromisoformat(self.verdict.received_at.replace("Z", "+00:00"))  # 3.10: no Z
         except ValueError:
             return False
         return received < self.sent_at - REPEAT_CLOCK_SLACK

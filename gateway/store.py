@@ -350,7 +350,8 @@ class VerdictStore:
             try:  # the connection in use (the in-memory fallback, with its verdicts) is kept until this works
                 db = self._open_file(self.path)
             except (OSError, sqlite3.Error) as exc:
-                self._open_fault = self._cannot_open(exc)
+                if self._open_fault is not None:  # in memory already; a damaged file's own fault stays as it is
+                    self._open_fault = self._cannot_open(exc)
                 return False
             running = self.now()
             with self._lock:

@@ -89,7 +89,7 @@ def test_the_spread_has_one_row_per_headline_figure_and_one_column_per_seed() ->
 def test_the_figures_are_the_main_tables() -> None:
     spread = _spread()
     report = spread.reports[1]
-    figures = spread.figures()
+    figures = spread.figures
     assert figures["recall at specificity >= 95 %"][1].value == report.sensitivity_at_specificity(0.95)
     assert figures["ROC AUC"][1].value == report.overall()["model"]["roc_auc"]
     assert report.holdout is not None

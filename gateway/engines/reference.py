@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.models.heads import classifier_focus, motion_probability, retinanet_focus
+from gateway.models.heads import blur_type_of, classifier_focus, motion_probability, retinanet_focus
 from gateway.models.manifest import Manifest, ModelSpec, load_manifest, sha256_file
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import sigmoid
@@ -91,20 +91,12 @@ def probabilities(spec: ModelSpec, outputs: Mapping[str, np.ndarray]) -> np.ndar
     return np.array([classifier_focus(row, spec.labels, spec.threshold).measure for row in logits])
 
 
-def motion_probabilities(spec: ModelSpec, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """Each row's motion probability (a focus model's blur-type output), or None for a model without one."""
-    blur = spec.blur_type_output
-    if blur is None:
-        return None
-    return np.array([motion_probability(row) for row in outputs[blur.name]])
-
-
 def compare_blur_types(spec: ModelSpec, want: np.ndarray, got: np.ndarray, rows: list[int], how: str) -> list[str]:
-    """Blur-type flips of ``got`` (motion probabilities of ``rows``) against the reference's ``want`` (all rows)."""
+    """Blur-type flips of ``got`` (blur-type logits of ``rows``) against the reference's ``want`` (all rows)."""
     cut, problems = spec.motion_cut, []
     for index, row in enumerate(rows):
-        expected, actual = float(want[row]), float(got[index])
-        if (actual >= cut) != (expected >= cut) and abs(expected - cut) >= BLUR_TYPE_MARGIN:
+        expected, actual = motion_probability(want[row]), motion_probability(got[index])
+        if blur_type_of(actual, cut) != blur_type_of(expected, cut) and abs(expected - cut) >= BLUR_TYPE_MARGIN:
             problems.append(
                 f"row {row} ({how}): motion probability {actual:.4f} flips the blur type at {cut} ({expected:.4f})"
             )
@@ -129,17 +121,16 @@ def check(spec: ModelSpec, reference: Reference, runtime: Runtime, max_batch: in
     if blur is not None and blur.name not in reference.outputs:
         return [f"the reference has no output {blur.name!r} (blur_type_logits): write it again ({__name__})"]
     want = probabilities(spec, reference.outputs)
-    want_motion = motion_probabilities(spec, reference.outputs)
     count = len(reference.images)
     problems = []
     batches = [[row] for row in range(count)]
     batches += [list(range(start, min(count, start + max_batch))) for start in range(0, count, max_batch)]
-    for index, rows in enumerate(batches):
-        how = "batch 1" if index < count else f"batch {len(rows)}"
+    for rows in batches:
+        how = f"batch {len(rows)}"
         out = runtime.run(reference.feeds(spec, rows))
         problems += compare(spec, want, probabilities(spec, out), rows, how)
-        if want_motion is not None and (got_motion := motion_probabilities(spec, out)) is not None:
-            problems += compare_blur_types(spec, want_motion, got_motion, rows, how)
+        if blur is not None:
+            problems += compare_blur_types(spec, reference.outputs[blur.name], out[blur.name], rows, how)
     return problems
 
 

@@ -36,7 +36,7 @@ from gateway.judge import Judge, PhotoRequest
 from gateway.protocol import Reason
 from gateway.training import degradations, device_photos
 from gateway.training.dataset import Photo, box_pixels
-from gateway.training.evaluate import roc_auc, wilson
+from gateway.training.evaluate import mark, roc_auc, wilson
 
 SOURCES = ("atlas", "device-like")
 LONG_SIDE = 800
@@ -355,19 +355,18 @@ class HoldoutReport:
                 if name not in ("sharp", "all blurred")
                 and r["model"]["rate"] < r["laplacian_at_model_specificity"]["rate"]
             ]
-            status = "met" if not below else "**not met**"
             lines.append(
                 f"| independent blur, {source}: recall >= Laplacian at equal specificity, every family | "
-                f"below in: {', '.join(below) or 'none'} | {status} |"
+                f"below in: {', '.join(below) or 'none'} | {mark(not below)} |"
             )
             recaptured = rows["all blurred"]["recapture"]["rate"]
             lines.append(
                 f"| independent blur, {source}: blurred photos recaptured >= 98 % | {100 * recaptured:.1f} % | "
-                f"{'met' if recaptured >= 0.98 else '**not met**'} |"
+                f"{mark(recaptured >= 0.98)} |"
             )
             kind = rows["all blurred"].get("blur_type_right")
             reached = f"{100 * kind['rate']:.1f} %" if kind else "n/a"
-            met = "met" if kind and kind["rate"] >= 0.9 else "**not met**"
+            met = mark(bool(kind) and kind["rate"] >= 0.9)
             lines.append(f"| independent blur, {source}: blur type right >= 90 % | {reached} | {met} |")
         return lines
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from gateway.evaluation.blur_rows import SOURCES, HoldoutReport
@@ -108,6 +109,7 @@ class SeedSpread:
     reports: dict[int, Report]
     """By training seed, the main seed first."""
 
+    @cached_property
     def figures(self) -> dict[str, dict[int, Figure]]:
         """Row name -> seed -> figure; a row missing from a seed's report (say, a source) is nan there."""
         per_seed = {seed: headline(report) for seed, report in self.reports.items()}
@@ -116,7 +118,7 @@ class SeedSpread:
 
     def _target_counts(self) -> list[tuple[str, str, list[tuple[int, int, int]], bool]]:
         """(target, key, [(seed, k, n)], met) of the two targets that must hold with each seed."""
-        figures = self.figures()
+        figures = self.figures
         found = [(s, f.k or 0, f.n or 0) for s, f in figures["real blurry found"].items()]
         kept = figures["real sharp kept"].items()
         lost = [(s, (f.n or 0) - (f.k or 0), f.n or 0) for s, f in kept]
@@ -153,7 +155,7 @@ class SeedSpread:
             "| figure | " + " | ".join(f"seed {s}" for s in seeds) + " | min-max |",
             "|---|" + "---|" * (len(seeds) + 1),
         ]
-        for name, by_seed in self.figures().items():
+        for name, by_seed in self.figures.items():
             cells = " | ".join(f.text() for f in by_seed.values())
             lines.append(f"| {name} | {cells} | {_range(list(by_seed.values()))} |")
         return "\n".join([*lines, "", *self.targets()])
@@ -168,7 +170,7 @@ class SeedSpread:
                     "max": max((f.value for f in by_seed.values() if math.isfinite(f.value)), default=math.nan),
                     "min_max": _range(list(by_seed.values())),
                 }
-                for name, by_seed in self.figures().items()
+                for name, by_seed in self.figures.items()
             },
             "targets": [
                 {"target": target, "per_seed": {str(s): {key: k, "n": n} for s, k, n in counts}, "met": met}

@@ -71,19 +71,20 @@ def classifier_focus(
 ) -> FocusFinding:
     """One image's ``[2]`` (softmax) or ``[1]`` (sigmoid) logits -> the focus finding."""
     values = np.asarray(logits, dtype=np.float64).ravel()
-    if values.size == 1:
-        raw = float(sigmoid(values)[0])
-    else:
-        shifted = np.exp(values - values.max())
-        raw = float(shifted[labels.index("sharp")] / shifted.sum())
+    raw = float(sigmoid(values)[0]) if values.size == 1 else _softmax(values, labels.index("sharp"))
     return FocusFinding(sharp_probability=calibrate(raw, threshold, recapture), measure=raw)
+
+
+def _softmax(logits: np.ndarray, column: int) -> float:
+    """The softmax probability of ``column`` of one image's logits."""
+    values = np.asarray(logits, dtype=np.float64).ravel()
+    shifted = np.exp(values - values.max())
+    return float(shifted[column] / shifted.sum())
 
 
 def motion_probability(blur_type_logits: np.ndarray) -> float:
     """One image's ``[2]`` blur-type logits ``[defocus, motion]`` -> the softmax probability of motion."""
-    values = np.asarray(blur_type_logits, dtype=np.float64).ravel()
-    shifted = np.exp(values - values.max())
-    return float(shifted[1] / shifted.sum())
+    return _softmax(blur_type_logits, 1)
 
 
 def blur_type_of(motion: float, threshold: float) -> BlurType:

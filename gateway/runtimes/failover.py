@@ -51,6 +51,3 @@ class Watched(Wrapper):
             raise
         self._failures.success(self._name)
         return out
-
-    def close(self) -> None:
-        self.inner.close()

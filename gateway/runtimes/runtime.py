@@ -56,6 +56,9 @@ class Wrapper:
     def __init__(self, inner: Runtime) -> None:
         self.inner = inner
 
+    def close(self) -> None:
+        self.inner.close()
+
     @property
     def engine(self) -> str:
         return self.inner.engine

@@ -44,7 +44,7 @@ import yaml
 
 from gateway import focus_measures
 from gateway.engines.reference import write_references
-from gateway.models.manifest import InputSpec, load_manifest
+from gateway.models.manifest import MOTION_THRESHOLD, InputSpec, load_manifest
 from gateway.models.preprocess import crop, preprocess
 from gateway.models.retinanet import generate_anchors
 from gateway.progress import BuildProgress
@@ -59,9 +59,6 @@ FOCUS_VERSION = "1.2.0"
 """The focus classifier's version: 1.1.0 fuses the classical measures ``MEASURES`` with the learned features;
 1.2.0 trains on curved and longer motion (degradations 2), sets its operating point on each source of draws,
 and has a second head, the blur type (output ``blur_type_logits``)."""
-MOTION_THRESHOLD = 0.5
-"""The blur type is ``motion`` when the type head's motion probability is at least this: the more probable
-type, fixed before any run."""
 MEASURES = "focus-v1"
 MEASURES_INPUT = "measures"
 DEVICE_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
@@ -112,8 +109,8 @@ class TrainOptions:
     options, else computed and written (they take most of the training time; the later steps are re-run)."""
 
     def focus_key(self) -> str:
-        """What the focus training samples depend on: the photos and their labels too, so a cache made from another
-        folder is never reused."""
+        """What the focus training samples depend on: the folder and a hash of its labels file too, so a cache made
+        from another folder is never reused (photos replaced in the same folder are not noticed)."""
         path = self.data / "labels.csv"
         labels = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
         return (

@@ -1,7 +1,7 @@
 """Stand-in ``tensorrt`` 10 (tests only; see tests/standins/README.md): builds "plans" that ONNX Runtime runs.
 
 Faults (``STANDIN_FAULTS``, read at each call): ``ignore_input`` (inference sees zeros), ``swap_rows`` (the
-rows of a batch come back reversed), ``broken_input:NAME`` (every run of a plan with input NAME fails),
+rows of a batch come back reversed), ``broken_input:NAME`` (every run of a plan with a tensor NAME fails),
 ``sticky_after:N`` (after N good runs every ``execute_async_v3`` fails, as
 after a sticky CUDA error), ``execute_raises`` (a Python exception from ``execute_async_v3``), ``slow_execute:S``
 (each run sleeps S seconds), ``no_exec_context`` (``create_execution_context`` gives None: out of memory),
