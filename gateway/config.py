@@ -215,6 +215,11 @@ class PolicyConfig(_Section):
     run_timeout_s: float = Field(default=600, gt=0, description="A device idle this long starts a new run")
     recapture_expiry_s: int = Field(default=120, ge=1, description="MQTT 5 message expiry of recapture requests")
 
+    @property
+    def out_of_focus_below(self) -> float:
+        """Below this sharp probability a photo is out of focus (recaptured, with its blur type)."""
+        return self.sharp_threshold - self.borderline_band
+
 
 class MetricsConfig(_Section):
     enabled: bool = Field(default=True, description="Prometheus /metrics, /healthz and /readyz over HTTP")

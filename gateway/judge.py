@@ -209,7 +209,7 @@ def build_judge(config: GatewayConfig, backend: Backend | None = None) -> Judge:
         Pipeline(
             backend or load_backend(config),
             config.exposure,
-            config.policy.sharp_threshold - config.policy.borderline_band,
+            config.policy.out_of_focus_below,
         ),
         Policy(config.policy),
         limits,

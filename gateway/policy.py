@@ -109,7 +109,7 @@ class Policy:
         reasons: list[Reason] = []
         if not assessment.cervix.found:
             reasons.append(Reason.CERVIX_NOT_FOUND)
-        if p < cfg.sharp_threshold - cfg.borderline_band:
+        if p < cfg.out_of_focus_below:
             motion = assessment.focus.blur_type == "motion"
             reasons += [Reason.OUT_OF_FOCUS, Reason.MOTION_BLUR if motion else Reason.DEFOCUS]
         if assessment.exposure.too_dark:
