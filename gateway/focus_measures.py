@@ -108,11 +108,17 @@ def glare_and_marks(
     return glare | marks
 
 
+def finite(box: Box | None) -> Box | None:
+    """``box``, or None (the central region) when a coordinate is not finite (a NaN box from a detector)."""
+    return box if box is not None and all(math.isfinite(v) for v in box) else None
+
+
 def box_view(image: np.ndarray, box: Box | None, width: int, margin: float = 0.0, central: float = 0.6) -> np.ndarray:
     """The region of ``box`` widened by ``margin`` of its size on each side (no box: the central ``central`` of
     the frame), resampled so that the box itself is ``width`` px wide (aspect kept)."""
     h, w = image.shape[:2]
-    if box is None or not all(math.isfinite(v) for v in box):
+    box = finite(box)
+    if box is None:
         m = (1.0 - central) / 2
         box = (m, m, 1.0 - m, 1.0 - m)
     x0, y0, x1, y1 = box
@@ -219,8 +225,7 @@ def _block_energy(band: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
     """The ``focus-v1`` features (``FOCUS_V1``) of the cervix ``box`` (normalised; None: the central region)."""
-    if box is not None and not all(math.isfinite(v) for v in box):
-        box = None  # as box_view takes it
+    box = finite(box)
     w = image.shape[1]
     native = (box[2] - box[0]) * w if box is not None else 0.6 * w
     width = int(max(64, min(FEATURE_WIDTH, round(native))))
