@@ -63,23 +63,34 @@ def constant_retinanet(
     return _save(graph, path)
 
 
-def mean_classifier(path: Path, size: int, gain: float, bias: float, input_name: str = "crops") -> Path:
-    """Input [N, 3, size, size]; logits [N, 2] = [0, gain * mean(input) + bias] (softmax over [not_sharp, sharp])."""
+def mean_classifier(
+    path: Path,
+    size: int,
+    gain: float,
+    bias: float,
+    input_name: str = "crops",
+    blur_type: tuple[float, float] | None = None,
+) -> Path:
+    """Input [N, 3, size, size]; logits [N, 2] = [0, gain * mean(input) + bias] (softmax over [not_sharp, sharp]);
+    with ``blur_type`` = (motion_gain, motion_bias) a second output, blur_type [N, 2] =
+    [0, motion_gain * mean(input) + motion_bias] (softmax over [defocus, motion])."""
     nodes, inits = _batch_zero(input_name, 2)
-    nodes += [
-        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "bias"], ["sharp"]),
-        helper.make_node("Concat", ["zero", "sharp"], ["logits"], axis=1),
-    ]
-    inits += [
-        numpy_helper.from_array(np.array(gain, dtype=np.float32), "gain"),
-        numpy_helper.from_array(np.array(bias, dtype=np.float32), "bias"),
-    ]
+    heads = [("logits", gain, bias)] + ([("blur_type", *blur_type)] if blur_type is not None else [])
+    for name, head_gain, head_bias in heads:
+        nodes += [
+            helper.make_node("Mul", ["mean", f"{name}_gain"], [f"{name}_scaled"]),
+            helper.make_node("Add", [f"{name}_scaled", f"{name}_bias"], [f"{name}_value"]),
+            helper.make_node("Concat", ["zero", f"{name}_value"], [name], axis=1),
+        ]
+        inits += [
+            numpy_helper.from_array(np.array(head_gain, dtype=np.float32), f"{name}_gain"),
+            numpy_helper.from_array(np.array(head_bias, dtype=np.float32), f"{name}_bias"),
+        ]
     graph = helper.make_graph(
         nodes,
         "classifier",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 2]) for name, _, _ in heads],
         inits,
     )
     return _save(graph, path)
@@ -88,32 +99,8 @@ def mean_classifier(path: Path, size: int, gain: float, bias: float, input_name:
 def typed_classifier(
     path: Path, size: int, bias: float, motion_bias: float, gain: float = 0.0, motion_gain: float = 0.0
 ) -> Path:
-    """``mean_classifier`` with a second output, blur_type [N, 2] = [0, motion_gain * mean(input) + motion_bias]
-    (softmax over [defocus, motion]): constant with ``motion_gain`` 0, else following the input."""
-    nodes, inits = _batch_zero("crops", 2)
-    nodes += [
-        helper.make_node("Mul", ["mean", "gain"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "bias"], ["sharp"]),
-        helper.make_node("Concat", ["zero", "sharp"], ["logits"], axis=1),
-        helper.make_node("Mul", ["mean", "motion_gain"], ["motion_scaled"]),
-        helper.make_node("Add", ["motion_scaled", "motion_bias"], ["motion"]),
-        helper.make_node("Concat", ["zero", "motion"], ["blur_type"], axis=1),
-    ]
-    inits += [
-        numpy_helper.from_array(np.array(value, dtype=np.float32), name)
-        for name, value in (("gain", gain), ("bias", bias), ("motion_gain", motion_gain), ("motion_bias", motion_bias))
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "typed",
-        [helper.make_tensor_value_info("crops", TensorProto.FLOAT, ["N", 3, size, size])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
-            helper.make_tensor_value_info("blur_type", TensorProto.FLOAT, ["N", 2]),
-        ],
-        inits,
-    )
-    return _save(graph, path)
+    """A ``mean_classifier`` with the blur_type output: constant with ``motion_gain`` 0, else following the input."""
+    return mean_classifier(path, size, gain, bias, blur_type=(motion_gain, motion_bias))
 
 
 def conv_classifier(path: Path, size: int, seed: int = 0, input_name: str = "crops") -> Path:
@@ -222,25 +209,27 @@ def write_manifest(folder: Path, entries: list[dict[str, Any]]) -> Path:
     return path
 
 
-def detector_and_classifier(folder: Path, gain: float = 0.0, bias: float = 1.0) -> Path:
-    """A manifest with the hand-computed detector and a mean classifier (constant logits [0, 1] by default)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
-    cls = mean_classifier(folder / "classifier.onnx", 16, gain, bias)
-    return write_manifest(folder, [detector_entry(det), classifier_entry(cls)])
-
-
-def detector_and_typed_classifier(folder: Path, motion_bias: float = 3.0) -> Path:
-    """The hand-computed detector and a ``typed_classifier`` (not sharp: raw 0.047; motion probability
-    sigmoid(motion_bias)), with their FP32 references beside them."""
+def detector_and_classifier(
+    folder: Path, gain: float = 0.0, bias: float = 1.0, motion_bias: float | None = None
+) -> Path:
+    """A manifest with the hand-computed detector and a mean classifier (constant logits [0, 1] by default); with
+    ``motion_bias`` a ``typed_classifier`` (motion probability sigmoid(motion_bias)), FP32 references beside."""
     from gateway.engines.reference import write_references
 
     folder.mkdir(parents=True, exist_ok=True)
     det = constant_retinanet(folder / "detector.onnx", DETECTOR_SIZE, DETECTOR_CLS, DETECTOR_REG)
-    typed = typed_classifier(folder / "classifier.onnx", 16, -3.0, motion_bias)
+    if motion_bias is None:
+        cls = mean_classifier(folder / "classifier.onnx", 16, gain, bias)
+        return write_manifest(folder, [detector_entry(det), classifier_entry(cls)])
+    typed = typed_classifier(folder / "classifier.onnx", 16, bias, motion_bias, gain=gain)
     manifest = write_manifest(folder, [detector_entry(det), typed_entry(typed)])
     write_references(manifest)
     return manifest
+
+
+def detector_and_typed_classifier(folder: Path, motion_bias: float = 3.0) -> Path:
+    """``detector_and_classifier`` with a typed classifier that says not sharp (raw 0.047)."""
+    return detector_and_classifier(folder, bias=-3.0, motion_bias=motion_bias)
 
 
 def fused_classifier(path: Path, size: int, weights: np.ndarray, bias: float, measures: str = "measures") -> Path:
