@@ -31,6 +31,7 @@ from tests.conftest import Broker, make_recorder, start_mosquitto
 REPO = Path(__file__).resolve().parents[1]
 VERDICTS = "colposcopy/s/d/verdicts"
 STATUS = "colposcopy/gateways/gw-r/status"
+CONTROL = "test/persistence-control"
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +366,13 @@ def test_a_power_cut_leaves_no_stale_online_status(tmp_path: Path) -> None:
         beats = watcher.wait_for(3, STATUS, timeout=30)  # the retained one, then a republish each second
         assert [json.loads(m.payload)["state"] for m in beats[:3]] == ["online"] * 3
         assert all(1 <= m.properties.MessageExpiryInterval <= 3 for m in beats), "status without a 3 s expiry"
-        time.sleep(1.5)  # an autosave has the retained status on disk
+        # a control: a retained message without expiry must come back, or the broker never saved anything
+        watcher.client.publish(CONTROL, b"kept", qos=1, retain=True).wait_for_publish(5)
+        db = tmp_path / "broker" / "mosquitto.db"
+        deadline = time.monotonic() + 15  # autosave_interval 1, but a busy broker's loop saves later
+        while not (db.exists() and CONTROL.encode() in db.read_bytes() and STATUS.encode() in db.read_bytes()):
+            assert time.monotonic() < deadline, "the broker saved neither the status nor the control"
+            time.sleep(0.2)
         watcher.client.disconnect()
         watcher.client.loop_stop()
         broker.process.kill()  # the power cut
@@ -376,9 +383,11 @@ def test_a_power_cut_leaves_no_stale_online_status(tmp_path: Path) -> None:
         # less than about a second left without any expiry, so the test stays clear of that instant)
         time.sleep(5)
         broker = start_mosquitto(tmp_path / "broker", persistence, port=broker.port)
-        late = make_recorder(broker, [STATUS], client_id="late-device")
+        late = make_recorder(broker, [STATUS, CONTROL], client_id="late-device")
         time.sleep(1.0)
-        seen = [(json.loads(m.payload)["state"] if m.payload else "", m.retain) for m in late.messages]
+        assert [(m.payload, m.retain) for m in late.messages if m.topic == CONTROL] == [(b"kept", True)]
+        statuses = [m for m in late.messages if m.topic == STATUS]
+        seen = [(json.loads(m.payload)["state"] if m.payload else "", m.retain) for m in statuses]
         assert ("online", True) not in seen, f"a stale status outlived its gateway: {seen}"
         late.client.disconnect()
         late.client.loop_stop()
