@@ -141,6 +141,7 @@ def test_a_closed_runtime_answers_every_call_with_inference_error(standin: Stand
     runtime = TensorRTRuntime(standin_plan(tmp_path))
     assert runtime.run(crops(2))["logits"].shape == (2, 2)
     runtime.close()
+    assert runtime._requests.empty()  # the thread had ended: no stop marker put back for nobody
     with pytest.raises(InferenceError, match=r"classifier\.plan: the runtime is closed"):
         runtime.run(crops(1))
     with pytest.raises(InferenceError, match="no CUDA context"):

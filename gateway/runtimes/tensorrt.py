@@ -285,11 +285,11 @@ class TensorRTRuntime:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("tensorrt_close_timeout", plan=self.plan.name, timeout_s=timeout)
-        self._fail_queued()
+        self._fail_queued(marker=self._thread.is_alive())
 
-    def _fail_queued(self) -> None:
-        """Answer the calls still queued; the stop marker goes back, for a thread still busy (a load or a batch
-        past the close's timeout) to find once it is done and release everything."""
+    def _fail_queued(self, marker: bool = False) -> None:
+        """Answer the calls still queued; with ``marker`` the stop marker goes back, for a thread still busy (a
+        load or a batch past the close's timeout) to find once it is done and release everything."""
         while True:
             try:
                 request = self._requests.get_nowait()
@@ -297,7 +297,8 @@ class TensorRTRuntime:
                 break
             if request is not None:
                 request.future.set_exception(InferenceError(f"{self.plan.name}: the runtime is closed"))
-        self._requests.put(None)
+        if marker:
+            self._requests.put(None)
 
     @contextmanager
     def _current(self) -> Iterator[None]:
