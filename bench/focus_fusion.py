@@ -61,11 +61,13 @@ VARIANTS = {
 }
 
 
-def validation_draws(held: list[Photo], extractor: Any, path: Path) -> dict[str, np.ndarray]:
-    """Features, measures, the Laplacian and 1.0.0's sharp probability of every validation row (cached)."""
+def validation_draws(held: list[Photo], extractor: Any, path: Path, key: str) -> dict[str, np.ndarray]:
+    """Features, measures, the Laplacian and 1.0.0's sharp probability of every validation row (cached under
+    ``key``: a cache made from other photos, labels or measures is redone)."""
     if path.is_file():
         with np.load(path) as stored:
-            return dict(stored)
+            if "key" in stored and str(stored["key"]) == key:
+                return {name: stored[name] for name in stored.files if name != "key"}
     old = export.session(OLD)
     rows: list[tuple[str, bool, str, str]] = []
     x, lap, p_old = [], [], []
@@ -90,8 +92,8 @@ def validation_draws(held: list[Photo], extractor: Any, path: Path) -> dict[str,
         pixels = box_pixels(p.box, p.image)
         for family in FAMILIES:
             for j in range(2):
-                out = holdout_blur.degrade(p.image, pixels, family, holdout_blur.stream(7, f"{family}|{p.name}", j))
-                add(out.image, p.box, "atlas " + family, family != "sharp", out.label.blur_type or "")
+                drawn = holdout_blur.degrade(p.image, pixels, family, holdout_blur.stream(7, f"{family}|{p.name}", j))
+                add(drawn.image, p.box, "atlas " + family, family != "sharp", drawn.label.blur_type or "")
         for family in FAMILIES:
             rng = holdout_blur.stream(8, f"device|{family}|{p.name}", 0)
             frame = device_photos.compose(p.image, pixels, rng)
@@ -119,7 +121,7 @@ def validation_draws(held: list[Photo], extractor: Any, path: Path) -> dict[str,
         "lap": np.array(lap),
         "old": np.array(p_old),
     }
-    np.savez(path, **out)
+    np.savez(path, key=np.array(key), **out)
     return out
 
 
@@ -181,7 +183,7 @@ def main() -> None:
             args.data, Path(folder), args.seed, focus_cache=args.cache / f"train{args.seed}.npz"
         )
         samples = train.cached_focus_features(options, fit, extractor, progress)
-        val = validation_draws(held, extractor, args.cache / "validation.npz")
+        val = validation_draws(held, extractor, args.cache / "validation.npz", options.focus_key())
     blurred = val["blurred"].astype(bool) & (val["btype"].astype(str) != "")
     right = val["measured_type"][blurred] == val["btype"][blurred]
     print(json.dumps({"blur type right": f"{int(right.sum())}/{int(blurred.sum())}"}), flush=True)
