@@ -121,7 +121,7 @@ def validation_draws(held: list[Photo], extractor: Any, path: Path, key: str) ->
         "lap": np.array(lap),
         "old": np.array(p_old),
     }
-    np.savez(path, key=np.array(key), **out)
+    np.savez(path, key=np.array(key), **out)  # type: ignore[arg-type]  # the stub reads **kwds as allow_pickle
     return out
 
 
