@@ -471,13 +471,14 @@ def operating_point(scores: np.ndarray, sharp: np.ndarray, device: np.ndarray | 
     threshold = float(np.clip(max(b995, recapture + 0.01), 0.02, 0.99))
     facts = {
         "cv_sharp_accepted": float(np.mean(scores[sharp & served] >= recapture)),
-        "cv_sharp_accepted_atlas": float(np.mean(scores[sharp & ~served] >= recapture)) if device is not None else 1.0,
         "cv_blurred_recaptured": float(np.mean(scores[~sharp] < recapture)),
         "cv_sharp_borderline": float(np.mean((scores[sharp] >= recapture) & (scores[sharp] < threshold))),
         "cv_blurred_borderline": float(np.mean((scores[~sharp] >= recapture) & (scores[~sharp] < threshold))),
         "b98": b98,
         "b995": b995,
     }
+    if device is not None:
+        facts["cv_sharp_accepted_atlas"] = float(np.mean(scores[sharp & ~served] >= recapture))
     return OperatingPoint(threshold, recapture, facts)
 
 
