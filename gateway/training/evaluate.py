@@ -857,6 +857,48 @@ photo, atlas / device-like ("device" in the rows).
   at the fitted Laplacian's lower specificity, find 97-99.8 %. The targets (98 % recaptured, 95 % accepted) are not
   met at the rule's point. The rule was not re-tuned on these rows.
 
+## 1.3.0 against 1.2.0 (`colpo-gateway evaluate`, validation patients, detector boxes)
+
+1.3.0 has 1.2.0's weights (the same training, same seeds) and a new operating-point rule (Thresholds, above),
+written before any run it set: recapture below the acceptance floor of the device-like sharp draws instead of
+halfway between the two targets. Independent rows: atlas / device-like.
+
+| row | version | seed 0 (shipped) | seed 1 | seed 2 |
+|---|---|---|---|---|
+| recapture below / borderline up to | 1.2.0 | 0.446 / 0.570 | 0.554 / 0.711 | 0.526 / 0.730 |
+| | 1.3.0 | 0.603 / 0.613 | 0.729 / 0.739 | 0.701 / 0.730 |
+| out of fold: sharp accepted (device, atlas) | 1.3.0 | 96.8, 94.1 % | 97.1, 94.3 % | 96.8, 93.5 % |
+| out of fold: blurred recaptured | 1.3.0 | 99.8 % | 99.6 % | 99.3 % |
+| real blurry found | 1.2.0 | 6/14 | 7/14 | 8/14 |
+| | 1.3.0 | 6/14 | 10/14 | 8/14 |
+| real sharp kept | 1.2.0 | 36/37 | 39/40 | 46/47 |
+| | 1.3.0 | 36/37 | 39/40 | 46/47 |
+| accuracy, all rows | 1.2.0 | 95.5 % | 96.3 % | 96.8 % |
+| | 1.3.0 | 95.0 % | 97.7 % | 96.8 % |
+| indep. blurred recaptured | 1.2.0 | 92.7 / 89.2 % | 94.5 / 93.8 % | 95.3 / 92.3 % |
+| | 1.3.0 | 96.2 / 94.3 % | 98.8 / 98.5 % | 98.1 / 98.5 % |
+| indep. blurred accepted as sharp | 1.2.0 | 4.1 / 6.5 % | 1.5 / 2.0 % | 1.7 / 1.5 % |
+| | 1.3.0 | 3.8 / 5.7 % | 1.2 / 1.5 % | 1.7 / 1.5 % |
+| indep. sharp accepted (borderline too) | 1.2.0 | 97.3 / 100 % | 100 / 100 % | 100 / 100 % |
+| | 1.3.0 | 97.3 / 100 % | 95.8 / 100 % | 97.9 / 98.9 % |
+| indep. blur type right | 1.2.0 | 89.5 / 86.2 % | 91.8 / 91.2 % | 89.8 / 88.7 % |
+| | 1.3.0 | 92.7 / 90.8 % | 95.8 / 95.5 % | 92.6 / 93.4 % |
+| indep. arc motion recaptured | 1.2.0 | 78.4 / 67.6 % | 86.2 / 81.2 % | 90.4 / 75.5 % |
+| | 1.3.0 | 85.1 / 79.7 % | 96.2 / 93.8 % | 92.6 / 94.7 % |
+
+- Ranking rows (ROC AUC, recall at 95 % specificity, the model at the Laplacian's specificity) do not move: the
+  weights are the same.
+- The blur type now reaches 90 % with every seed: its errors were mostly blurred photos accepted (an accepted photo
+  has no type); of the typed ones 93-100 % were right in every family but arc motion (77-86 %).
+- Tried and not shipped, 1.4.0: degradation model 3 (blur in linear radiance with only glints clipped in every
+  channel boosted, where model 2 swelled bright tissue into saturated blobs on 81 of the 142 sharp photos; camera
+  shake as a third of the motion draws; a tilted plane of focus as a third of the defocus draws). On seed 0 it
+  recaptured 97.8 / 98.4 % of the independent blurred draws at R 0.31 and typed 97.6 / 96.8 % right, but its
+  out-of-fold blurred draws reached up to 0.84 (the mildest tilts are nearly sharp), so the band did too and it
+  kept 20 of 37 real sharp photos at the 0.5 point (32-40 % of the independent sharp draws flagged borderline). By the
+  rule written before its runs (replace 1.3.0 unless it finds fewer real blurry photos or loses more than 2 real
+  sharp ones with a seed) it was not shipped; seeds 1 and 2 were stopped. Its code is in the project's history.
+
 ## What limits the numbers
 
 - Real blurry photos: 14 in all, most only mildly soft, several also dark, hazy or glared, with crisp marks,
@@ -871,7 +913,11 @@ photo, atlas / device-like ("device" in the rows).
   shows the learned model finding mild fixed-pixel blur (disk radius 2-3 px, Gaussian sigma 1-2 px) far less often
   than the classical measure does; it is better on diagonal motion and on the synthetic scenes (mild defocus,
   cervix-only blur).
-- Validation is 16 patients; the threshold rule was chosen after looking at them (see Thresholds).
+- The operating point: 1.3.0's rule was written after 1.2.0's point was seen to give the sharp side room that the
+  independent blur did not reward; it was argued from the training draws alone and fixed before its runs, but the
+  change was prompted by those rows. Seed 0, the shipped one, has the lowest R of the three seeds (0.603 against
+  0.70-0.73) and recaptures 96.2 / 94.3 % of the independent blurred draws against the target's 98.
+- Validation is 16 patients; 1.0.0's threshold rule was chosen after looking at them (see Thresholds).
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures); its threshold sits
   in a narrow gap, and its boxes were trained on rough labels (IoU misses are mostly close-ups and iodine views).
 
