@@ -444,10 +444,12 @@ def operating_point(scores: np.ndarray, sharp: np.ndarray, device: np.ndarray | 
     """The rule (issue 12 item 5; this form since 1.3.0, written before any run it set) on out-of-fold scores of
     the training patients:
 
-    * recapture below R = the acceptance floor: the highest point at which at least 95 % of the sharp draws are
-      accepted with one-sided 95 % confidence, i.e. their q-quantile with q = 0.05 - 1.645 sqrt(0.05 * 0.95 / n)
-      (``acceptance_floor``). Catching blur is the product's first aim and the acceptance target is a floor, so
-      recall is maximised subject to it (Neyman-Pearson), not given half the room between the two targets: a new
+    * recapture below R = the acceptance floor (``acceptance_floor``): the highest point at which at least 95 % of
+      the population behind the sharp draws is accepted with one-sided 95 % confidence, nominally: their
+      q-quantile with q = 0.05 - 1.645 sqrt(0.05 * 0.95 / n), a normal approximation that treats the n draws as
+      independent (they come from about 25 patients, so the true margin is smaller). Catching blur is the
+      product's first aim and the acceptance target is a floor, so recall is maximised subject to it
+      (Neyman-Pearson), not given half the room between the two targets: a new
       patient's sharp photos look like the training patients' (cross-validation measures them), while blur the
       model was not trained on scores nearer sharp than its own training blur, which the room went to;
     * with ``device`` (a flag per draw), the floor is taken on the device-like draws: the photos the gateway
@@ -459,11 +461,11 @@ def operating_point(scores: np.ndarray, sharp: np.ndarray, device: np.ndarray | 
     * b98 (the 98th percentile of the blurred draws' scores, the highest of the sources) is reported: above R,
       the recall target is not met out of fold.
 
-    Until 1.2.0 R was (b98 + s5) / 2, both percentiles the strictest of the sources; on the independent blur it
-    accepted 97-100 % of the sharp draws and recaptured 89-95 % of the blurred ones.
+    Until 1.2.0 R was (b98 + s5) / 2 (in 1.2.0 both percentiles the strictest of the sources); on the independent
+    blur it accepted 97-100 % of the sharp draws and recaptured 89-95 % of the blurred ones.
     """
-    groups = [np.ones(len(scores), bool)] if device is None else [device == v for v in np.unique(device)]
     served = np.ones(len(scores), bool) if device is None else device.astype(bool)
+    groups = [g for g in (served, ~served) if g.any()]
     recapture = float(np.clip(acceptance_floor(scores[sharp & served]), 0.01, 0.98))
     b98 = max(float(np.quantile(scores[~sharp & g], RECALL_TARGET)) for g in groups)
     b995 = max(float(np.quantile(scores[~sharp & g], BAND_TOP)) for g in groups)
@@ -483,10 +485,13 @@ def operating_point(scores: np.ndarray, sharp: np.ndarray, device: np.ndarray | 
 
 def acceptance_floor(sharp_scores: np.ndarray) -> float:
     """The highest point at which at least ``ACCEPT_TARGET`` of the population behind ``sharp_scores`` is accepted
-    with one-sided 95 % confidence: the empirical quantile at the normal lower bound of the target's share."""
-    miss = 1.0 - ACCEPT_TARGET
-    q = miss - CONFIDENCE_Z * math.sqrt(miss * ACCEPT_TARGET / len(sharp_scores))
-    return float(np.quantile(sharp_scores, max(q, 0.0)))
+    with about 95 % one-sided confidence: the empirical quantile at the normal lower bound of the target's share
+    (independent draws assumed). Below 52 scores no quantile gives that confidence: ``ValueError``."""
+    miss, n = 1.0 - ACCEPT_TARGET, len(sharp_scores)
+    q = miss - CONFIDENCE_Z * math.sqrt(miss * ACCEPT_TARGET / max(n, 1))
+    if q <= 0.0:
+        raise ValueError(f"acceptance floor: {n} sharp draws, too few for {ACCEPT_TARGET:.0%} with confidence")
+    return float(np.quantile(sharp_scores, q))
 
 
 def sharp_probability(head: model.FocusHead, features: np.ndarray) -> np.ndarray:
