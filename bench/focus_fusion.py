@@ -183,7 +183,9 @@ def main() -> None:
             args.data, Path(folder), args.seed, focus_cache=args.cache / f"train{args.seed}.npz"
         )
         samples = train.cached_focus_features(options, fit, extractor, progress)
-        val = validation_draws(held, extractor, args.cache / "validation.npz", options.focus_key())
+        # the validation draws depend on the photos and labels, not on --seed (the split and streams are fixed)
+        val_key = train.TrainOptions(args.data, Path(folder), 0).focus_key()
+        val = validation_draws(held, extractor, args.cache / "validation.npz", val_key)
     blurred = val["blurred"].astype(bool) & (val["btype"].astype(str) != "")
     right = val["measured_type"][blurred] == val["btype"][blurred]
     print(json.dumps({"blur type right": f"{int(right.sum())}/{int(blurred.sum())}"}), flush=True)

@@ -283,9 +283,10 @@ class TensorRTRuntime:
             self._closed = True
             self._requests.put(None)
         self._thread.join(timeout)
-        if self._thread.is_alive():
+        busy = self._thread.is_alive()
+        if busy:
             log.warning("tensorrt_close_timeout", plan=self.plan.name, timeout_s=timeout)
-        self._fail_queued(marker=self._thread.is_alive())
+        self._fail_queued(marker=busy)
 
     def _fail_queued(self, marker: bool = False) -> None:
         """Answer the calls still queued; with ``marker`` the stop marker goes back, for a thread still busy (a
