@@ -449,9 +449,9 @@ def operating_point(scores: np.ndarray, sharp: np.ndarray, device: np.ndarray | 
       q-quantile with q = 0.05 - 1.645 sqrt(0.05 * 0.95 / n), a normal approximation that treats the n draws as
       independent (they come from about 25 patients, so the true margin is smaller). Catching blur is the
       product's first aim and the acceptance target is a floor, so recall is maximised subject to it
-      (Neyman-Pearson), not given half the room between the two targets: a new
-      patient's sharp photos look like the training patients' (cross-validation measures them), while blur the
-      model was not trained on scores nearer sharp than its own training blur, which the room went to;
+      (Neyman-Pearson), not given half the room between the two targets: a new patient's sharp photos look like
+      the training patients' (cross-validation measures them), while blur the model was not trained on scores
+      nearer sharp than its own training blur, which the room went to;
     * with ``device`` (a flag per draw), the floor is taken on the device-like draws: the photos the gateway
       serves. The atlas draws' low tail is a few patients' high-magnification close-ups, a view no phone
       colposcope sends; their acceptance is reported (``cv_sharp_accepted_atlas``), and every draw trains;
