@@ -18,8 +18,9 @@ means the same at every photo resolution; the focus model sees the cervix crop r
   brighter parts of the streak (``shake_kernel``). A shake path's size is its extent, the longest distance
   between two of its points (since version 4; version 3 sized its length, so a path that turned back on itself
   streaked less than a line of the same size);
-* ``cervix_blur``: defocus of ``0.01 w .. 0.025 w`` (since version 4; from ``0.005 w`` before) inside a feathered ellipse inscribed in the cervix box, the
-  speculum and walls around it left sharp (the camera focused on the wrong plane);
+* ``cervix_blur``: defocus of ``0.01 w .. 0.025 w`` (since version 4; from ``0.005 w`` before) inside a
+  feathered ellipse inscribed in the cervix box, the speculum and walls around it left sharp (the camera focused
+  on the wrong plane);
 * ``sharp``: no blur.
 
 Blur acts on scene radiance (since version 3): the photo's sRGB gamma is undone, specular glints (every channel
