@@ -72,57 +72,16 @@ def test_arc_kernel_is_a_curve_of_its_length(length: float, turn: float) -> None
     assert abs(dx) < 1 and abs(dy) < 1  # centred: the photo does not shift
 
 
-def test_motion_draws_are_lines_arcs_and_shake_in_equal_shares() -> None:
-    draws = [dg.sample("motion", np.random.default_rng(i)) for i in range(300)]
+def test_half_the_motion_draws_are_curved() -> None:
+    draws = [dg.sample("motion", np.random.default_rng(i)) for i in range(200)]
     curved = [d.curve for d in draws if d.curve > 0]
-    shaken = [d for d in draws if d.shake is not None]
-    assert 70 <= len(curved) <= 130 and 70 <= len(shaken) <= 130
-    assert not any(d.curve > 0 and d.shake is not None for d in draws)
+    assert 70 <= len(curved) <= 130
     assert all(dg.ARC_TURN[0] <= c <= dg.ARC_TURN[1] for c in curved)
     assert all(
-        d.curve == 0 and d.shake is None
+        d.curve == 0
         for kind in ("sharp", "defocus", "cervix_blur")
         for d in [dg.sample(kind, np.random.default_rng(1))]
     )
-
-
-@pytest.mark.parametrize("length", [10.0, 24.0, 48.0])
-def test_a_shake_kernel_is_a_thin_centred_path_spanning_its_length(length: float) -> None:
-    kernels = [dg.motion_kernel(length, 30.0, shake=seed) for seed in range(8)]
-    for k in kernels:
-        assert k.sum() == pytest.approx(1.0, abs=1e-5)
-        ys, xs = np.nonzero(k > 1e-4)
-        # its extent is the size, as a line's length is (bilinear splatting widens the support by up to 2 px)
-        assert length - 1 <= dg.extent(xs.astype(float), ys.astype(float)) <= length + 2
-        # thin, not a filled region: a line covers about 3 px per px of size; a path turning back covers more
-        assert np.count_nonzero(k > 1e-4) <= 8 * length + 12
-        w = k[ys, xs]
-        assert abs(np.average(xs, weights=w) - k.shape[1] // 2) < 1  # centred: the photo does not shift
-        assert abs(np.average(ys, weights=w) - k.shape[0] // 2) < 1
-    assert np.array_equal(kernels[0], dg.motion_kernel(length, 30.0, shake=0))  # the seed fixes the path
-    assert len({k.shape for k in kernels}) > 1 or not all(np.array_equal(kernels[0], k) for k in kernels[1:])
-    # the speed varies: the brightest pixels hold more than a uniform path's would
-    line = dg.motion_kernel(length, 30.0)
-    assert np.mean([k.max() for k in kernels]) > 1.2 * line.max()
-
-
-def test_a_tilted_defocus_is_sharp_on_one_side_of_the_cervix_and_blurred_on_the_other() -> None:
-    image = _texture(5)
-    box = (40.0, 40.0, 280.0, 200.0)
-    d = dg.Degradation("defocus", 0.015, 0.0, 0.0, 95, False, tilt=True)  # grows towards +x: 0.03 at the far edge
-    out = dg.blur(image, box, d)
-    near, far = (slice(60, 180), slice(0, 38)), (slice(60, 180), slice(282, 320))
-    assert np.abs(out[near].astype(int) - image[near].astype(int)).max() <= 1  # radius 0 up to the near edge
-    assert _lapvar(out[far]) < 0.3 * _lapvar(image[far])
-    middle = (slice(60, 180), slice(140, 180))
-    assert _lapvar(out[far]) < _lapvar(out[middle]) < _lapvar(image[middle])
-    turned = dg.blur(image, box, dg.Degradation("defocus", 0.015, 180.0, 0.0, 95, False, tilt=True))
-    assert _lapvar(turned[near]) < 0.3 * _lapvar(image[near])  # angle 180: the blur grows towards -x
-    draws = [dg.sample("defocus", np.random.default_rng(i)) for i in range(300)]
-    tilted = [d for d in draws if d.tilt]
-    assert 70 <= len(tilted) <= 130
-    lo, hi = dg.BLUR_RANGES["defocus"]
-    assert all(lo <= d.blur <= hi for d in tilted)  # the radius at the centre: as blurred as an even draw
 
 
 @pytest.mark.parametrize("kind", dg.KINDS)

@@ -55,14 +55,11 @@ log = structlog.get_logger(__name__)
 
 VERSION = "1.0.0"
 """The detector's version."""
-FOCUS_VERSION = "1.6.0"
+FOCUS_VERSION = "1.3.0"
 """The focus classifier's version: 1.1.0 fuses the classical measures ``MEASURES`` with the learned features;
 1.2.0 trains on curved and longer motion (degradations 2), sets its operating point on each source of draws,
 and has a second head, the blur type (output ``blur_type_logits``); 1.3.0 has the same weights (the same
-training) and the operating point of the acceptance floor on the device-like draws (``operating_point``); 1.4.0
-(not shipped) trained on degradations 3 (blur in linear radiance with only true glints boosted, camera shake,
-tilted focus); 1.5.0 (not shipped) on degradations 4 (tilts labelled at the cervix centre, shake sized by its
-extent, cervix-only blur from 1 %); 1.6.0 trains on degradations 5 (those shapes with version 2's optics)."""
+training) and the operating point of the acceptance floor on the device-like draws (``operating_point``)."""
 MEASURES = "focus-v1"
 MEASURES_INPUT = "measures"
 DEVICE_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
