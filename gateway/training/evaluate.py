@@ -966,6 +966,9 @@ halfway between the two targets. Independent rows: atlas / device-like.
 - Validation is 16 patients; 1.0.0's threshold rule was chosen after looking at them (see Thresholds).
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures); its threshold sits
   in a narrow gap, and its boxes were trained on rough labels (IoU misses are mostly close-ups and iodine views).
+  With every seed the misses on the validation patients are the same two photos, AAAN_1 (speculum examination)
+  and AACN_3 (an x11 close-up): the detector's box takes in much more of the surrounding tissue than the rough
+  label does (IoU 0.42 and 0.34); one more hit would reach 98 %.
 
 ## Intended use and limitations
 
