@@ -943,7 +943,9 @@ halfway between the two targets. Independent rows: atlas / device-like.
 
 - 1.6.0 raises the real-photo ROC AUC with every seed and finds 27 real blurry photos against 24; seed 1 finds
   fewer (8 against 10) and its accuracy falls. The same real sharp photos score lowest under all four models
-  (AACU_4, AAJJ_5, AACO_1: patients with a real blurry photo too, judged by eye).
+  (AACU_4, AAJJ_5, AACO_1: patients with a real blurry photo too, judged by eye). Accuracy and recall cover the
+  synthetic rows too, drawn by each version's own degradation model, so they compare less directly than the real
+  and independent rows.
 
 ## What limits the numbers
 
