@@ -440,13 +440,7 @@ class OperatingPoint:
     facts: dict[str, float]
 
 
-def operating_point(
-    scores: np.ndarray,
-    sharp: np.ndarray,
-    device: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-    seed: int = 0,
-) -> OperatingPoint:
+def operating_point(scores: np.ndarray, sharp: np.ndarray, device: np.ndarray | None = None) -> OperatingPoint:
     """The rule (issue 12 item 5; this form since 1.3.0, written before any run it set) on out-of-fold scores of
     the training patients:
 
@@ -471,13 +465,10 @@ def operating_point(
     blur it accepted 97-100 % of the sharp draws and recaptured 89-95 % of the blurred ones.
     """
     served = np.ones(len(scores), bool) if device is None else device.astype(bool)
-    sources = [g for g in (served, ~served) if g.any()]
-    if groups is None:
-        recapture = float(np.clip(acceptance_floor(scores[sharp & served]), 0.01, 0.98))
-    else:
-        recapture = float(np.clip(patient_floor(scores[sharp], groups[sharp], seed), 0.01, 0.98))
-    b98 = max(float(np.quantile(scores[~sharp & g], RECALL_TARGET)) for g in sources)
-    b995 = max(float(np.quantile(scores[~sharp & g], BAND_TOP)) for g in sources)
+    groups = [g for g in (served, ~served) if g.any()]
+    recapture = float(np.clip(acceptance_floor(scores[sharp & served]), 0.01, 0.98))
+    b98 = max(float(np.quantile(scores[~sharp & g], RECALL_TARGET)) for g in groups)
+    b995 = max(float(np.quantile(scores[~sharp & g], BAND_TOP)) for g in groups)
     threshold = float(np.clip(max(b995, recapture + 0.01), 0.02, 0.99))
     facts = {
         "cv_sharp_accepted": float(np.mean(scores[sharp & served] >= recapture)),
@@ -501,22 +492,6 @@ def acceptance_floor(sharp_scores: np.ndarray) -> float:
     if q <= 0.0:
         raise ValueError(f"acceptance floor: {n} sharp draws, too few for {ACCEPT_TARGET:.0%} with confidence")
     return float(np.quantile(sharp_scores, q))
-
-
-def patient_floor(sharp_scores: np.ndarray, groups: np.ndarray, seed: int, resamples: int = 2000) -> float:
-    """The acceptance floor with its confidence taken from patients, not draws: the 5th percentile, over
-    ``resamples`` bootstrap resamples of the patients (``groups``, each with all its draws), of the resample's
-    ``1 - ACCEPT_TARGET`` quantile. At it, at least ``ACCEPT_TARGET`` of the sharp draws are accepted in 95 % of
-    the resamples, so a few patients whose sharp photos score low (close-ups) move it as much as they would move
-    a new clinic's acceptance."""
-    cases, index = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(index == k) for k in range(len(cases))]
-    rng = np.random.default_rng([seed, 7])
-    quantiles = np.empty(resamples)
-    for b in range(resamples):
-        drawn = np.concatenate([members[k] for k in rng.integers(0, len(cases), len(cases))])
-        quantiles[b] = np.quantile(sharp_scores[drawn], 1.0 - ACCEPT_TARGET)
-    return float(np.quantile(quantiles, 1.0 - 0.95))
 
 
 def sharp_probability(head: model.FocusHead, features: np.ndarray) -> np.ndarray:
@@ -723,7 +698,7 @@ def run(options: TrainOptions) -> int:
         data = cached_focus_features(options, train_photos, extractor, progress)
         # the operating point: cross-validated across the training patients (validation patients only measure)
         scores = cross_validated(data.x, data.y, data.groups, options, measures)
-        point = operating_point(scores, data.y == 1, data.device, data.groups, options.seed)
+        point = operating_point(scores, data.y == 1, data.device)
         log.info("focus_operating_point", threshold=round(point.threshold, 4), recapture=round(point.recapture, 4))
         head = train_focus_head(data.x, data.y, options, measures)
         type_head, type_facts = blur_type_head(data, options, measures) if measures else (None, {})
