@@ -978,7 +978,8 @@ halfway between the two targets. Independent rows: atlas / device-like.
 - Tried after 1.3.0 and not shipped, each by a rule written before its runs: an acceptance floor whose confidence
   comes from a patient bootstrap, all sharp draws pooled (R fell by 0.10-0.22 with four seeds, and seed 3 still
   accepted only 83.3 % of the atlas sharp draws; 18 of 30 seed-target pairs met against 1.3.0's 22), and the mean
-  of five heads (21 against 22; real-photo ROC AUC 0.818-0.904, mean 0.869 against 0.858). One patient, AACZ,
+  of five heads (21 against 22; real-photo ROC AUC 0.818-0.904, mean 0.869 against 0.858), and a head whose MLP
+  sees the learned features only, the measures entering linearly (19 against 22). One patient, AACZ,
   whose atlas photos are hazy close-ups, has only 23-45 % of its atlas sharp draws accepted out of fold with
   every seed that trains on it.
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures); its threshold sits
