@@ -493,30 +493,3 @@ def test_the_blur_type_head_learns_motion_from_the_blurred_draws_only() -> None:
     with torch.no_grad():
         p = torch.softmax(head(torch.from_numpy(x[motion >= 0])), dim=1)[:, 1].numpy()
     assert np.mean((p >= 0.5) == (motion[motion >= 0] == 1)) > 0.9
-
-
-def test_the_detector_threshold_is_cross_validated_across_patients() -> None:
-    pytest.importorskip("torch")
-    from gateway.progress import BuildProgress
-    from gateway.training import model
-    from gateway.training.train import DETECTOR_SIZE, DetectorSet, TrainOptions, detector_threshold
-
-    rng = np.random.default_rng(0)
-    n = 40
-    cervix = np.arange(n) % 2 == 0
-    c4 = rng.normal(0, 1, (n, 112, 20, 20)).astype(np.float16)
-    c5 = rng.normal(0, 1, (n, 320, 10, 10)).astype(np.float16)
-    c5[cervix, :8, 3:7, 3:7] += 4.0  # a cervix is a bright blob in the middle of the deepest features
-    anchors = generate_anchors(model.DETECTOR_ANCHORS, DETECTOR_SIZE, DETECTOR_SIZE).boxes.astype(np.float64)
-    labels = np.zeros((n, len(anchors)), np.float32)
-    targets = np.zeros((n, len(anchors), 4), np.float32)
-    for i in np.flatnonzero(cervix):
-        labels[i], targets[i] = model.match(anchors, np.array([96.0, 96.0, 224.0, 224.0]))
-    groups = np.array([f"p{i // 4}" for i in range(n)])  # 10 patients, each with both kinds
-    data = DetectorSet([c4, c5], labels, targets, groups)
-    assert data.has_cervix.tolist() == cervix.tolist()
-    assert data.subset(np.array([0, 1])).groups.tolist() == ["p0", "p0"]
-    options = TrainOptions(Path("."), Path("."), seed=0, detector_epochs=6)
-    threshold, facts = detector_threshold(data, options, BuildProgress("test", interval_s=1e9))
-    assert 0.06 <= threshold <= 0.99
-    assert facts["cv_cervix_found"] >= 0.9 and facts["cv_false_finds"] <= 0.1

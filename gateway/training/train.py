@@ -15,11 +15,11 @@ Steps (deterministic for a seed; about 30-40 minutes on two shared CPU cores, th
    fused head trains on all training samples;
 4. detector samples: every photo of the training patients (any focus), flipped, zoomed out into a synthetic
    wall view or cropped, brightness-jittered and degraded, plus synthetic colposcope scenes and images without a
-   cervix; backbone C4/C5 are cached; the threshold is cross-validated across the training patients
-   (``detector_threshold``: Youden's J on out-of-fold scores, so the validation images only measure), then the
-   FPN and RetinaNet head train with focal loss on all samples (``--keep-detector`` reuses a trained one and
-   its threshold instead);
-5. export both to ONNX, check them against torch, evaluate, write ``manifest.yaml`` and ``MODEL_CARD.md``.
+   cervix; backbone C4/C5 are cached, then the FPN and RetinaNet head train with focal loss (``--keep-detector``
+   reuses a trained one instead);
+5. export both to ONNX, check them against torch, choose the detector's threshold (Youden's J, the middle of the
+   best range, on the validation photos against validation images without a cervix), evaluate, write
+   ``manifest.yaml`` and ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
@@ -53,10 +53,8 @@ from gateway.training.dataset import Photo, box_pixels
 
 log = structlog.get_logger(__name__)
 
-VERSION = "1.1.0"
-"""The detector's version: 1.1.0 has its threshold cross-validated across the training patients
-(``detector_threshold``; 1.0.0's was chosen on the validation images it was measured on) and trains on
-degradation model 2's draws."""
+VERSION = "1.0.0"
+"""The detector's version."""
 FOCUS_VERSION = "1.3.0"
 """The focus classifier's version: 1.1.0 fuses the classical measures ``MEASURES`` with the learned features;
 1.2.0 trains on curved and longer motion (degradations 2), sets its operating point on each source of draws,
@@ -520,47 +518,28 @@ def youden_threshold(sharp_scores: np.ndarray, blurred_scores: np.ndarray) -> fl
 # ------------------------------------------------------------------------------------------ detector
 
 
-@dataclass
-class DetectorSet:
-    """Detector samples: the backbone's C4 and C5 (float16), anchor labels ``[M, A]`` (1 positive, 0 negative,
-    -1 ignored), regression targets ``[M, A, 4]`` and each sample's group (its patient; each synthetic scene and
-    each image without a cervix is its own)."""
-
-    features: list[np.ndarray]
-    labels: np.ndarray
-    targets: np.ndarray
-    groups: np.ndarray
-
-    def subset(self, rows: np.ndarray) -> DetectorSet:
-        return DetectorSet([f[rows] for f in self.features], self.labels[rows], self.targets[rows], self.groups[rows])
-
-    @property
-    def has_cervix(self) -> np.ndarray:
-        return np.asarray((self.labels > 0).any(axis=1))
-
-
 def detector_data(
     photos: list[Photo], options: TrainOptions, extractor: _Extractor, progress: BuildProgress
-) -> DetectorSet:
-    """Every detector sample, augmented (``detector_sample``), through the frozen backbone."""
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Cached C4/C5 (float16), anchor labels ``[M, A]`` and regression targets ``[M, A, 4]``."""
     spec = extractor.spec
     anchors = generate_anchors(model.DETECTOR_ANCHORS, spec.height, spec.width).boxes
     walls = [dataset.scene(dataset.TRAIN_SCENE_SEEDS + 2 * i, cervix=False).image for i in range(8)]
     negatives = dataset.negatives(validation=False)
-    items: list[tuple[Photo | np.ndarray, Any, str]] = []
+    items: list[tuple[Photo | np.ndarray, Any]] = []
     for p in photos:
         if p.box is not None:
-            items += [(p, p.box, p.case)] * options.detector_variants
+            items += [(p, p.box)] * options.detector_variants
     for i in range(60):  # synthetic colposcope scenes: wider views, a smaller cervix
         s = dataset.scene(dataset.TRAIN_SCENE_SEEDS + 1000 + i, cervix=True, stage_index=i)
-        items.append((s.image, s.cervix_box, f"scene-{i}"))
-    for name, image in negatives:
-        items += [(image, None, f"none-{name}")] * 3
+        items.append((s.image, s.cervix_box))
+    for _, image in negatives:
+        items += [(image, None)] * 3
     labels = np.zeros((len(items), len(anchors)), np.float32)
     targets = np.zeros((len(items), len(anchors), 4), np.float32)
 
     def make(i: int) -> np.ndarray:
-        source, box, _ = items[i]
+        source, box = items[i]
         rng = np.random.default_rng([options.seed, 7, i])
         pixels = source.image if isinstance(source, Photo) else source
         image, box = detector_sample(pixels, box, rng, walls)
@@ -574,29 +553,28 @@ def detector_data(
         return tensor
 
     c4, c5 = _batched(make, len(items), extractor, progress, "detector features")
-    groups = np.array([group for _, _, group in items])
-    return DetectorSet([c4.astype(np.float16), c5.astype(np.float16)], labels, targets, groups)
+    return [c4.astype(np.float16), c5.astype(np.float16)], labels, targets
 
 
 def train_detector_head(
-    data: DetectorSet, options: TrainOptions, progress: BuildProgress, phase: str = "detector head"
+    cached: list[np.ndarray], labels: np.ndarray, targets: np.ndarray, options: TrainOptions, progress: BuildProgress
 ) -> model.DetectorHead:
     torch.manual_seed(options.seed)
     head = model.DetectorHead(DETECTOR_SIZE)
     optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(data.labels) / 32)
+    steps_per_epoch = math.ceil(len(labels) / 32)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=2e-3, total_steps=options.detector_epochs * steps_per_epoch
     )
     order_rng = np.random.default_rng(options.seed)
-    progress.phase_start(phase, None, options.detector_epochs)
+    progress.phase_start("detector head", None, options.detector_epochs)
     head.train()
     for epoch in range(options.detector_epochs):
         total = 0.0
-        for idx in np.array_split(order_rng.permutation(len(data.labels)), steps_per_epoch):
-            c4 = torch.from_numpy(data.features[0][idx].astype(np.float32))
-            c5 = torch.from_numpy(data.features[1][idx].astype(np.float32))
-            lab, tgt = torch.from_numpy(data.labels[idx]), torch.from_numpy(data.targets[idx])
+        for idx in np.array_split(order_rng.permutation(len(labels)), steps_per_epoch):
+            c4 = torch.from_numpy(cached[0][idx].astype(np.float32))
+            c5 = torch.from_numpy(cached[1][idx].astype(np.float32))
+            lab, tgt = torch.from_numpy(labels[idx]), torch.from_numpy(targets[idx])
             cls, reg = head(c4, c5)
             positive = lab > 0
             n = max(1.0, float(positive.sum()))
@@ -606,47 +584,11 @@ def train_detector_head(
             optimiser.step()
             scheduler.step()
             total += float(loss) * len(idx)
-        log.info("detector_epoch", phase=phase, epoch=epoch + 1, loss=round(total / len(data.labels), 4))
-        progress.step_complete(phase, epoch)
-    progress.phase_finish(phase)
+        log.info("detector_epoch", epoch=epoch + 1, loss=round(total / len(labels), 4))
+        progress.step_complete("detector head", epoch)
+    progress.phase_finish("detector head")
     head.eval()
     return head
-
-
-def top_cervix_scores(head: model.DetectorHead, data: DetectorSet) -> np.ndarray:
-    """Each sample's top cervix score (the sigmoid of its largest anchor logit), as ``detector_scores``."""
-    scores = []
-    with torch.no_grad():
-        for idx in np.array_split(np.arange(len(data.labels)), max(1, math.ceil(len(data.labels) / 64))):
-            c4 = torch.from_numpy(data.features[0][idx].astype(np.float32))
-            c5 = torch.from_numpy(data.features[1][idx].astype(np.float32))
-            scores.append(torch.sigmoid(head(c4, c5)[0].amax(dim=(1, 2))).numpy())
-    return np.concatenate(scores).astype(np.float64)
-
-
-def detector_threshold(
-    data: DetectorSet, options: TrainOptions, progress: BuildProgress, folds: int = CV_FOLDS
-) -> tuple[float, dict[str, float]]:
-    """The detector's operating threshold, cross-validated across the training patients as the focus operating
-    point is (the validation patients only measure): the groups are dealt into ``folds`` folds (seeded), each
-    fold's samples are scored by a head trained on the others, and the threshold is Youden's cut (the middle of
-    the best range, at least 0.06) between the out-of-fold scores of the samples with and without a cervix."""
-    cases = sorted(set(data.groups.tolist()))
-    order = np.random.default_rng(options.seed).permutation(len(cases))
-    fold_of = {cases[j]: rank % folds for rank, j in enumerate(order)}
-    fold = np.array([fold_of[g] for g in data.groups.tolist()])
-    scores = np.zeros(len(data.labels))
-    for k in range(folds):
-        held = fold == k
-        head = train_detector_head(data.subset(np.flatnonzero(~held)), options, progress, f"detector fold {k + 1}")
-        scores[held] = top_cervix_scores(head, data.subset(np.flatnonzero(held)))
-    cervix = data.has_cervix
-    threshold = max(0.06, youden_threshold(scores[cervix], scores[~cervix]))
-    facts = {
-        "cv_cervix_found": float(np.mean(scores[cervix] >= threshold)),
-        "cv_false_finds": float(np.mean(scores[~cervix] >= threshold)),
-    }
-    return threshold, facts
 
 
 def detector_scores(path: Path, spec: InputSpec, images: list[np.ndarray]) -> np.ndarray:
@@ -762,9 +704,8 @@ def run(options: TrainOptions) -> int:
         type_head, type_facts = blur_type_head(data, options, measures) if measures else (None, {})
         if options.keep_detector is None:
             det_extractor = _Extractor(model.DetectorFeatures(DETECTOR_SIZE), dspec, ["c4", "c5"], Path(tmp))
-            det_data = detector_data(train_photos, options, det_extractor, progress)
-            det_threshold, det_facts = detector_threshold(det_data, options, progress)
-            det_head = train_detector_head(det_data, options, progress)
+            cached, labels, targets = detector_data(train_photos, options, det_extractor, progress)
+            det_head = train_detector_head(cached, labels, targets, options, progress)
 
     extra = {MEASURES_INPUT: measures} if measures else {}
     focus_net: torch.nn.Module = (
@@ -781,7 +722,6 @@ def run(options: TrainOptions) -> int:
         detector_path = options.out / f"{DETECTOR_NAME}-{VERSION}.onnx"
         export.export_onnx(detector_net, detector_path, dspec, ["cls_logits", "bbox_regression"])
         parity = max(parity, export.check_parity(detector_net, detector_path, dspec))
-        det_version = VERSION
     else:
         kept = load_manifest(options.keep_detector)
         kept_spec = kept.for_task("cervix_detector")
@@ -790,9 +730,16 @@ def run(options: TrainOptions) -> int:
         detector_path = options.out / kept.onnx_path(kept_spec).name
         if kept.onnx_path(kept_spec).resolve() != detector_path.resolve():
             shutil.copyfile(kept.onnx_path(kept_spec), detector_path)
-        det_threshold, det_facts = kept_spec.threshold, {}  # a kept detector keeps the threshold it was trained with
-        det_version = kept_spec.version
-    log.info("detector_threshold", threshold=round(det_threshold, 4), **{k: round(v, 4) for k, v in det_facts.items()})
+
+    pos = detector_scores(detector_path, dspec, [p.image for p in val_photos if p.box is not None])
+    neg = detector_scores(detector_path, dspec, [im for _, im in dataset.negatives(validation=True)])
+    detector_threshold = max(0.06, youden_threshold(pos, neg))
+    log.info(
+        "detector_threshold",
+        threshold=round(detector_threshold, 4),
+        lowest_cervix=round(float(pos.min()), 4),
+        highest_no_cervix=round(float(neg.max()), 4),
+    )
 
     anchors = model.DETECTOR_ANCHORS
     n_anchors = anchors.count(DETECTOR_SIZE, DETECTOR_SIZE)
@@ -804,7 +751,7 @@ def run(options: TrainOptions) -> int:
     entries = [
         export.entry(
             DETECTOR_NAME,
-            det_version,
+            VERSION,
             "cervix_detector",
             detector_path,
             dspec,
@@ -818,7 +765,7 @@ def run(options: TrainOptions) -> int:
                 },
             ],
             labels=["cervix"],
-            threshold=round(det_threshold, 4),
+            threshold=round(detector_threshold, 4),
             anchors={
                 "strides": list(anchors.strides),
                 "sizes": list(anchors.sizes),
@@ -890,8 +837,7 @@ def run(options: TrainOptions) -> int:
         "focus_recapture_threshold": point.recapture,
         "operating_point": point.facts,
         "blur_type": type_facts,
-        "detector_threshold": det_threshold,
-        "detector_cv": det_facts,
+        "detector_threshold": detector_threshold,
         "focus_ops": export.ops(focus_path),
         "detector_ops": export.ops(detector_path),
         "sizes_mb": {p.name: round(p.stat().st_size / 2**20, 2) for p in (focus_path, detector_path)},
