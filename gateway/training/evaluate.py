@@ -999,8 +999,9 @@ halfway between the two targets. Independent rows: atlas / device-like.
   independent atlas sharp draws as `cervix_not_found` (sharp accepted 91.9 % against 97.3 %). Not shipped.
 - Detector seed spread: the detector recipe retrained on each seed's own split (seeds 0-4, each with its own
   validation threshold) finds 71/74, 75/78, 76/80, 75/80 and 77/78 (IoU >= 0.5; mean IoU 0.806-0.821):
-  95.0-98.7 %, short of 98 % with four seeds. The shipped 1.0.0 was trained on seed 0's split, so the other seeds'
-  detector figures below (76/78, 78/80) are measured partly on its training patients.
+  95.0-98.7 %, short of 98 % with four seeds. The shipped 1.0.0 was trained on seed 0's split, so its cervix-found
+  figures with the other seeds' splits (76/78 and 78/80 with seeds 1 and 2) are measured partly on its training
+  patients.
 - Tried for the detector and not kept, each by a rule written before its runs: box voting (the score-weighted mean
   of the candidates overlapping the top box, on 1.0.0): one hit fewer with every seed; a GIoU box loss instead of
   L1 (seeds 0-4, own splits): 72, 75, 76, 74, 76 hits against 71, 75, 76, 75, 77.
