@@ -996,9 +996,9 @@ halfway between the two targets. Independent rows: atlas / device-like.
     real blurry found 4 and 9 against 6 and 10, real-photo ROC AUC 0.849 and 0.814 against 0.834 and 0.818.
   - the stem and stages 1-2 fine-tuned on blur (two 128 px patches of each training draw per epoch, 3 epochs, a
     linear patch head; the tuned blocks feed the frozen stages 3-7, so the graph and its cost stay), screened on
-    seeds 0 and 3: 3 and 0 pairs against 3 and 3. Tuning on synthetic blur lost real blur: real blurry found 5 and
-    4 against 6 and 10, real-photo ROC AUC 0.844 and 0.804 against 0.834 and 0.818, and seed 0 recaptured 93.2 %
-    of the atlas blurred draws against 96.2 %.
+    seeds 0 and 3: 3 and 0 pairs against 3 and 3 (the screen asked for 7 of 12). Tuning on synthetic blur lost
+    real blur: real blurry found 5 and 4 against 6 and 10, real-photo ROC AUC 0.844 and 0.804 against 0.834 and
+    0.818, and seed 0 recaptured 93.2 % of the atlas blurred draws against 96.2 %.
 - One patient, AACZ, whose atlas photos are hazy close-ups, has only 23-45 % of its atlas sharp draws accepted out
   of fold with every seed that trains on it.
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures), and its boxes were
@@ -1028,8 +1028,8 @@ Trained on curated atlas close-ups, not 8-12 MP smartphone photos: device photos
 around a smaller cervix, which the zoom-out and rescale augmentation only imitate. Only 14 real blurry photos exist
 (all validation); mild softness and sharp but low-texture tissue are the hard cases. Boxes were drawn roughly by
 eye. What more patients of this kind would buy, measured: this recipe's head retrained on random subsets of each
-seed's training patients (seeds 0-4, three subsets a size) separates the real photos with ROC AUC 0.800, 0.827,
-0.854 and 0.858 (mean over seeds) from 6, 12, 19 and 25 patients, and the independent generator's blur at
-0.990-0.998 from 6 patients on: more atlas patients with synthetic blur help less and less; real blurred photos
-are what is missing. Re-train and re-evaluate on device photos before clinical use.
+seed's training patients (seeds 0-4, three subsets of each smaller size) separates the real photos with ROC AUC
+0.800, 0.827, 0.854 and 0.858 (mean over seeds) from 6, 12, 19 and 25 patients, and the independent generator's
+blur at 0.990-0.998 from 6 patients on: more atlas patients with synthetic blur help less and less; real blurred
+photos are what is missing. Re-train and re-evaluate on device photos before clinical use.
 """
