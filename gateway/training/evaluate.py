@@ -1027,9 +1027,10 @@ A quality gate before automated cervical screening (is the cervix in view and in
 Trained on curated atlas close-ups, not 8-12 MP smartphone photos: device photos show more speculum and wall
 around a smaller cervix, which the zoom-out and rescale augmentation only imitate. Only 14 real blurry photos exist
 (all validation); mild softness and sharp but low-texture tissue are the hard cases. Boxes were drawn roughly by
-eye. What more patients of this kind would buy, measured: this recipe's head retrained on random subsets of each
-seed's training patients (seeds 0-4, three subsets of each smaller size) separates the real photos with ROC AUC
-0.800, 0.827, 0.854 and 0.858 (mean over seeds) from 6, 12, 19 and 25 patients, and the independent generator's
-blur at 0.990-0.998 from 6 patients on: more atlas patients with synthetic blur help less and less; real blurred
-photos are what is missing. Re-train and re-evaluate on device photos before clinical use.
+eye. What more patients of this kind would buy, measured (`bench/focus_learning_curve.py`): this recipe's head
+retrained on random subsets of each seed's training patients (seeds 0-4, three subsets of each smaller size)
+separates the real photos with ROC AUC 0.800, 0.827, 0.854 and 0.858 (mean over seeds) from 6, 12, 19 and 25
+patients, and the independent generator's blur at 0.990-0.998 from 6 patients on: more atlas patients with
+synthetic blur help less and less; real blurred photos are what is missing. Re-train and re-evaluate on device
+photos before clinical use.
 """
