@@ -97,12 +97,7 @@ def validation_inputs(data: Path, manifest: Path, seed: int, extractor: Any, pat
         report = evaluate.evaluate(data, manifest, seed=seed, progress=BuildProgress("evaluate", interval_s=120.0))
     photos = dataset.load_photos(data)
     split = dataset.patient_split(photos, seed)
-    rows: list[str] = []
-    for p in (p for p in photos if p.case in split.validation):  # evaluate's job order
-        if p.focus == "sharp":
-            rows += ["real sharp"] + (list(evaluate.SYNTHETIC) if p.box is not None else [])
-        else:
-            rows.append("real blurry" if p.focus == "blurry" else "unsure")
+    rows = [row for _, row in evaluate.focus_jobs([p for p in photos if p.case in split.validation])]
     items = report.holdout.items if report.holdout is not None else []
     sources = [""] * len(rows) + [item.source for item in items]
     rows += ["sharp" if item.family == "sharp" else "blurred" for item in items]

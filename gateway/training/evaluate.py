@@ -460,6 +460,21 @@ def onnx_backend(manifest_path: Path, threads: int = 2) -> Backend:
     return neural_backend("onnxruntime", manifest, runtimes, ClassicalConfig())
 
 
+def focus_jobs(held: list[Photo]) -> list[tuple[Photo, str]]:
+    """The photos ``evaluate`` judges, in its order, each with its row: a sharp photo, then its ``SYNTHETIC``
+    degradations (when it has a box); a blurry photo; an unsure one."""
+    jobs: list[tuple[Photo, str]] = []
+    for p in held:
+        if p.focus == "sharp":
+            jobs.append((p, "real sharp"))
+            jobs += [(p, row) for row in SYNTHETIC] if p.box is not None else []
+        elif p.focus == "blurry":
+            jobs.append((p, "real blurry"))
+        else:
+            jobs.append((p, "unsure"))
+    return jobs
+
+
 def evaluate(
     data: Path,
     manifest_path: Path,
@@ -497,15 +512,7 @@ def evaluate(
         lap = math.log1p(laplacian_variance(image, box))
         return focus.measure, focus.sharp_probability >= 0.5, lap, cervix.box, cervix.found, t1 - t0, t2 - t1
 
-    jobs: list[tuple[Photo, str]] = []
-    for p in held:
-        if p.focus == "sharp":
-            jobs.append((p, "real sharp"))
-            jobs += [(p, row) for row in SYNTHETIC] if p.box is not None else []
-        elif p.focus == "blurry":
-            jobs.append((p, "real blurry"))
-        else:
-            jobs.append((p, "unsure"))
+    jobs = focus_jobs(held)
     progress.phase_start("evaluate", None, len(jobs))
     locate_ms, focus_ms, hits, found, ious, unsure = [], [], 0, 0, [], [0, 0]
     cervix_photos = 0
