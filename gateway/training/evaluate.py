@@ -1000,7 +1000,7 @@ halfway between the two targets. Independent rows: atlas / device-like.
     atlas sharp draws there and lost 3-9 real sharp photos; real-photo ROC AUC 0.861, 0.884, 0.869, 0.801;
   - the stem and stages 1-3 run again on the crop at half resolution (224 more features: fine-scale response
     against content), screened on seeds 0 and 3 first: 3 and 3 pairs, as 1.3.0 (the screen asked for 7 of 12);
-    real blurry found 4 and 9 against 6 and 10, real-photo ROC AUC 0.849 and 0.814 against 0.834 and 0.818.
+    real blurry found 4 and 9 against 6 and 10, real-photo ROC AUC 0.849 and 0.814 against 0.834 and 0.818;
   - the stem and stages 1-2 fine-tuned on blur (two 128 px patches of each training draw per epoch, 3 epochs, a
     linear patch head; the tuned blocks feed the frozen stages 3-7, so the graph and its cost stay), screened on
     seeds 0 and 3: 3 and 0 pairs against 3 and 3 (the screen asked for 7 of 12). Tuning on synthetic blur lost
