@@ -1018,7 +1018,18 @@ halfway between the two targets. Independent rows: atlas / device-like.
     the device pipeline's unsharp mask). The atlas photos are video-colposcope frames whose edge enhancement
     rings around every glint, and a really blurred photo was sharpened after its blur. Screened on seeds 0 and 3:
     2 and 1 pairs; real-photo ROC AUC 0.790 and 0.758. Seed 0 found 8 real blurry photos but lost 9 real sharp
-    ones: the halos carry focus information on the atlas photos.
+    ones: the halos carry focus information on the atlas photos;
+  - two other losses for the head on the same draws. Same-photo pairs (the sharp draws of a photo ranked above its
+    blurred draws, added to the cross-entropy), screened on seeds 0 and 3: 3 and 3 pairs, real-photo ROC AUC 0.828
+    and 0.820; within a photo the draws were already ranked. The blur size regressed (a Huber fit of the head's
+    logit difference to the log of the draw's Gaussian-equivalent blur, sharp at 0.1 % of the cervix width) passed
+    that screen (4 and 3 pairs; AUC 0.886 and 0.880) and met 16 of the 30 pairs over seeds 0-4. Graded labels
+    (the cross-entropy against P(sharp) = sigmoid(3 u) of the same blur size) met 17;
+  - the graded objectives rank the real photos better with most seeds: real-photo ROC AUC 0.886, 0.900, 0.907,
+    0.880, 0.889 regressed and 0.861, 0.900, 0.872, 0.851, 0.879 graded, against 0.834, 0.900, 0.840, 0.818, 0.896.
+    At the third-lowest real sharp score they find 8.8 and 8.4 real blurry photos on average against 7.4. But
+    their mildest blurred draws score near sharp, so the band (up to the blurred draws' 99.5th percentile) is
+    0.04-0.09 wide against 0.01-0.03. The band counts against the real sharp photos: 4-14 were lost below it.
 - One patient, AACZ, whose atlas photos are hazy close-ups, has only 23-45 % of its atlas sharp draws accepted out
   of fold with every seed that trains on it.
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures), and its boxes were
