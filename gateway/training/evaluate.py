@@ -1022,9 +1022,9 @@ halfway between the two targets. Independent rows: atlas / device-like.
   - two other losses for the head on the same draws. Same-photo pairs (the sharp draws of a photo ranked above its
     blurred draws, added to the cross-entropy), screened on seeds 0 and 3: 3 and 3 pairs, real-photo ROC AUC 0.828
     and 0.820; within a photo the draws were already ranked. The blur size regressed (a Huber fit of the head's
-    logit difference to the log of the draw's Gaussian-equivalent blur, sharp at 0.1 % of the cervix width) passed
-    that screen (4 and 3 pairs; AUC 0.886 and 0.880) and met 16 of the 30 pairs over seeds 0-4. Graded labels
-    (the cross-entropy against P(sharp) = sigmoid(3 u) of the same blur size) met 17;
+    logit difference to u = -(log10 sigma + 2.5) / 0.5, sigma the draw's Gaussian-equivalent blur over the cervix
+    width, 0.001 for sharp) passed that screen (4 and 3 pairs; AUC 0.886 and 0.880) and met 16 of the 30 pairs
+    over seeds 0-4. Graded labels (the cross-entropy against P(sharp) = sigmoid(3 u)) met 17;
   - the graded objectives rank the real photos better with most seeds: real-photo ROC AUC 0.886, 0.900, 0.907,
     0.880, 0.889 regressed and 0.861, 0.900, 0.872, 0.851, 0.879 graded, against 0.834, 0.900, 0.840, 0.818, 0.896.
     At the third-lowest real sharp score they find 8.8 and 8.4 real blurry photos on average against 7.4. But
@@ -1032,8 +1032,8 @@ halfway between the two targets. Independent rows: atlas / device-like.
     0.04-0.09 wide against 0.01-0.03. The band counts against the real sharp photos: 4-14 were lost below it;
   - the two labels averaged (1.3.0's smoothed label and the graded one, so every blurred draw stays below 0.5 while
     graded by size): 18 of the 30 pairs; real-photo ROC AUC 0.863, 0.891, 0.857, 0.839, 0.880. The band narrowed
-    with three seeds, but seeds 0, 2 and 4 lost 3 real sharp photos each, and the atlas sharp draws were accepted
-    at 91.7-93.7 % with seeds 0, 1 and 4.
+    with three seeds, but seeds 0, 2 and 4 lost 3 real sharp photos each, and the independent atlas sharp draws
+    were accepted at 91.7-93.7 % with seeds 0, 1 and 4.
 - One patient, AACZ, whose atlas photos are hazy close-ups, has only 23-45 % of its atlas sharp draws accepted out
   of fold with every seed that trains on it.
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures), and its boxes were
