@@ -95,17 +95,30 @@ def glare_and_marks(
     photo. Marks are saturated non-tissue hues (yellow to violet) in small connected patches (text, arrows) or in
     thin strokes (an outline that crosses the view: what an opening of ``MARK_STROKE`` px removes), so the
     large teal regions of a green-filter view are kept."""
-    glare = channel_min(view) >= glare_level
-    hsv = cv2.cvtColor(view, cv2.COLOR_BGR2HSV)
-    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    glare, marks = glare_and_marks_apart(view, glare_level, mark_saturation, mark_max_area)
+    return glare | marks
+
+
+def glare_and_marks_apart(
+    view: np.ndarray,
+    glare_level: int = GLARE_LEVEL,
+    mark_saturation: int = MARK_SATURATION,
+    mark_max_area: float = MARK_MAX_AREA,
+) -> tuple[Mask, Mask]:
+    """``glare_and_marks`` as two masks, glare and marks (a pixel may be in both)."""
+    glare: Mask = channel_min(view) >= glare_level
     # OpenCV hue is 0..180: 27..150 is yellow through green, cyan, blue to violet; tissue is outside it.
-    unnatural = ((sat >= mark_saturation) & (val >= 90) & (hue >= 27) & (hue <= 150)).astype(np.uint8)
+    unnatural = cv2.inRange(cv2.cvtColor(view, cv2.COLOR_BGR2HSV), (27, mark_saturation, 90), (150, 255, 255))
+    if not cv2.countNonZero(unnatural):  # most device photos: no mark to look for
+        return glare, np.zeros_like(glare)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(unnatural, connectivity=8)
     small = stats[:, cv2.CC_STAT_AREA] < mark_max_area * unnatural.size
     small[0] = False
     thin = cv2.morphologyEx(unnatural, cv2.MORPH_OPEN, _STROKE_KERNEL) == 0
-    marks: Mask = small[labels] | ((unnatural > 0) & thin)
-    return glare | marks
+    marks: Mask = (unnatural > 0) & thin
+    if small.any():
+        marks |= small[labels]
+    return glare, marks
 
 
 def finite(box: Box | None) -> Box | None:
@@ -231,8 +244,8 @@ def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
     width = int(max(64, min(FEATURE_WIDTH, round(native))))
     view = box_view(image, box, width)
     vh, vw = view.shape[:2]
-    spots = glare_and_marks(view)
-    glare = channel_min(view) >= GLARE_LEVEL
+    glare, marks = glare_and_marks_apart(view)
+    spots = glare | marks
     excluded = cv2.dilate(spots.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
     ellipse = _ellipse(vh, vw, FEATURE_INNER)
     valid = ellipse & ~excluded & (channel_max(view) >= 30)
