@@ -109,7 +109,7 @@ def glare_and_marks_apart(
     glare: Mask = channel_min(view) >= glare_level
     # OpenCV hue is 0..180: 27..150 is yellow through green, cyan, blue to violet; tissue is outside it.
     unnatural = cv2.inRange(cv2.cvtColor(view, cv2.COLOR_BGR2HSV), (27, mark_saturation, 90), (150, 255, 255))
-    if not cv2.countNonZero(unnatural):  # most device photos: no mark to look for
+    if not cv2.countNonZero(unnatural):  # no saturated non-tissue hue, no mark (device photos carry none)
         return glare, np.zeros_like(glare)
     _, labels, stats, _ = cv2.connectedComponentsWithStats(unnatural, connectivity=8)
     small = stats[:, cv2.CC_STAT_AREA] < mark_max_area * unnatural.size
