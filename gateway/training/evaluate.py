@@ -1045,7 +1045,7 @@ halfway between the two targets. Independent rows: atlas / device-like.
   - camera shake (degradation model 5's kernel, on model 2's optics and draws) as a third of the motion draws: 20.
     The independent blurred draws recaptured with seeds 0 and 4 did not move (96.2 / 94.1 % and 97.3 / 96.3 %);
     seed 0's misses include arcs of every length up to 5.7 % of the cervix width, so that gap is neither one of
-    motion shape nor one of blur size.
+    motion shape nor one of blur size;
   - degradation model 5 taken apart, each part alone on model 2's draws (model 5's cached rows of the same jobs):
     its cervix-only range (1-2.5 % of the cervix width, from 0.5 %) met 22 of the 30 pairs, as 1.3.0. R rose by
     0.03-0.08 with every seed, so seed 4's blurred draws were recaptured >= 98 %, but seed 0 accepted 91.0 % of
