@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from gateway.backends.settings import ModelsConfig, default_cache_dir
@@ -153,8 +154,15 @@ def test_int8_quantization_writes_a_qdq_model_that_runs(tmp_path: Path) -> None:
     more = sorted(photos(tmp_path / "more", seed=7).glob("*.jpg"))
     x = np.concatenate([preprocess(cv2.imread(str(p)), spec.input)[0] for p in more])
     exact = OnnxRuntime(source).run({"crops": x})["logits"]
-    quantized = OnnxRuntime(target).run({"crops": x})["logits"]
-    assert quantized.shape == exact.shape
+    fused = OnnxRuntime(target).run({"crops": x})["logits"]  # ONNX Runtime's int8 kernels: it runs
+    assert fused.shape == exact.shape and np.isfinite(fused).all()
+    # The accuracy is checked as TensorRT computes a QDQ network: each Q/DQ pair rounds in float. ONNX Runtime's
+    # fused int8 kernels are not that reference: on x86 without VNNI they can saturate (a CI host shifted these
+    # logits by 0.12 where a VNNI host matches the float QDQ graph to 0.014).
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    qdq = ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+    quantized = qdq.run(["logits"], {"crops": x})[0]
     assert np.abs(quantized - exact).max() < 0.1 * (np.abs(exact).max() + 1e-3) + 0.05
     with pytest.raises(QuantizeError, match=r"no \.jpg/\.jpeg/\.png photos"):
         quantize_qdq(source, target, spec, tmp_path / "empty")
