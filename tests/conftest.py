@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -27,10 +28,38 @@ def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STATE_DIRECTORY", raising=False)
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port outside the kernel's ephemeral range.
+
+    A port from that range can be taken between this check and the broker's bind by any outgoing connection, and
+    a client retrying a connect to an ephemeral port where nothing listens can connect to itself (TCP simultaneous
+    open): CI saw Mosquitto fail with "Address already in use" on a port the gateway had been retrying.
+    """
+    ephemeral = _ephemeral_ports()
+    outside = [p for p in (range(10000, ephemeral.start), range(ephemeral.stop, 65536)) if len(p)]
+    if not outside:  # the whole range is ephemeral: let the kernel choose
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    while True:
+        port = _PORTS.choice(_PORTS.choice(outside))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass
@@ -76,7 +105,8 @@ def start_mosquitto(workdir: Path, extra: str = "", port: int | None = None, *, 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             err = process.stderr.read().decode() if process.stderr else ""
-            pytest.fail(f"mosquitto exited at start: {err}")
+            log = workdir / "mosquitto.log"  # where its errors go ("Address already in use")
+            pytest.fail(f"mosquitto exited at start: {err} {log.read_text() if log.exists() else ''}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return Broker(port, workdir, process)
