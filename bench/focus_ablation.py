@@ -53,8 +53,6 @@ from gateway.training import dataset, degradations, evaluate, export, model, tra
 from gateway.training.dataset import Photo, box_pixels  # noqa: E402
 
 DRAWS, CALIBRATION_DRAWS = 24, 12
-CERVIX_PX = train.FOCUS_SIZE / (1 + 2 * train.CROP_MARGIN)
-"""The cervix box's width in the focus crop."""
 Sample = tuple[np.ndarray, tuple[float, float, float, float] | None]
 """An input tensor, and the box to pool in (input pixels; None: the whole input)."""
 
@@ -104,12 +102,9 @@ class Variant:
         self, image: np.ndarray, box: Any, kind: degradations.Kind | None, rng: np.random.Generator, draw: str
     ) -> Sample:
         """``draw``: "train" (rescaled, flipped, box jittered), "calibrate" (flipped, jittered) or "evaluate"."""
-        if draw == "train":
-            lo = math.log(0.45)
-            if not self.upscale:  # never enlarge the cervix past its width in the crop (about 320 px)
-                width = (box[2] - box[0]) * image.shape[1]
-                lo = max(lo, min(0.0, math.log(CERVIX_PX / width)))
-            image = train.rescale(image, float(np.exp(rng.uniform(lo, 0.0))) if lo < 0 else 1.0)
+        if draw == "train":  # upscale False: never enlarge the cervix past its width in the crop (320 px)
+            width = (box[2] - box[0]) * image.shape[1]
+            image = train.rescale(image, train.training_scale(width, rng, never_enlarge=not self.upscale))
         if draw != "evaluate" and rng.random() < 0.5:
             image = image[:, ::-1].copy()
             box = (1.0 - box[2], box[1], 1.0 - box[0], box[3])

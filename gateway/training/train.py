@@ -71,6 +71,8 @@ borderline band's top, and the one-sided 95 % normal quantile of the acceptance 
 DETECTOR_NAME, FOCUS_NAME = "cervix-detector", "focus-classifier"
 DETECTOR_SIZE, FOCUS_SIZE = 320, 384
 CROP_MARGIN = 0.1
+CERVIX_PX = FOCUS_SIZE / (1 + 2 * CROP_MARGIN)
+"""The cervix box's width in the focus crop (320 px)."""
 FOCUS_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
 
 
@@ -105,6 +107,9 @@ class TrainOptions:
     """The classical feature set fused into the focus model (None: the 1.0.0 design, no second input)."""
     keep_detector: Path | None = None
     """A manifest whose cervix detector (entry and ONNX file) is reused instead of training one."""
+    never_enlarge: bool = False
+    """Training rescales never enlarge the cervix past its width in the focus crop (``CERVIX_PX``): a smaller
+    cervix resized up to the crop is a soft "sharp" sample. False: 1.3.0's recipe (0.45-1x whatever the size)."""
     focus_cache: Path | None = None
     """An ``.npz`` of the focus training samples' features: read when it was made with the same seed and sample
     options, else computed and written (they take most of the training time; the later steps are re-run)."""
@@ -116,12 +121,22 @@ class TrainOptions:
         labels = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
         return (
             f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
-            f" degradations={degradations.VERSION}"
+            f" degradations={degradations.VERSION}{' never-enlarge' if self.never_enlarge else ''}"
             f" data={self.data.resolve()} labels={labels}"
         )
 
 
 # ------------------------------------------------------------------------------------------ samples
+
+
+def training_scale(cervix_px: float, rng: np.random.Generator, never_enlarge: bool = False) -> float:
+    """A focus training photo's rescale factor, log-uniform in 0.45-1 (smaller cervices, as wider device photos
+    give). ``never_enlarge``: not below the factor that brings the cervix (``cervix_px`` wide) to its width in the
+    crop, so the crop never resizes it up (1 when it is already narrower)."""
+    lo = math.log(0.45)
+    if never_enlarge:
+        lo = max(lo, min(0.0, math.log(CERVIX_PX / cervix_px)))
+    return float(np.exp(rng.uniform(lo, 0.0))) if lo < 0 else 1.0
 
 
 def rescale(image: np.ndarray, factor: float) -> np.ndarray:
@@ -160,6 +175,7 @@ def focus_sample(
     scale: bool = True,
     measures: str | None = None,
     device: bool = False,
+    never_enlarge: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One focus training sample from a sharp photo and its normalised cervix box: the tensor ``[1, 3, S, S]``
     and the classical ``measures`` of the same degraded photo and box (empty when None).
@@ -186,7 +202,7 @@ def focus_sample(
         degraded, box = photo.image, _normalised(photo.cervix_box, photo.image)
     else:
         if scale:
-            image = rescale(image, float(np.exp(rng.uniform(np.log(0.45), 0.0))))
+            image = rescale(image, training_scale((box[2] - box[0]) * image.shape[1], rng, never_enlarge))
         degraded = degradations.degrade(image, box_pixels(box, image), d, rng)
     judged = jitter_box(box, rng)
     tensor, _ = preprocess(crop(degraded, judged, CROP_MARGIN), spec)
@@ -338,7 +354,9 @@ def focus_features(
         source, box, _ = sources[k]
         rng = np.random.default_rng([seed, i])
         image = source.image if isinstance(source, Photo) else source
-        tensor, measures[i] = focus_sample(image, box, kind, rng, extractor.spec, scale, options.measures, on_device)
+        tensor, measures[i] = focus_sample(
+            image, box, kind, rng, extractor.spec, scale, options.measures, on_device, options.never_enlarge
+        )
         return tensor
 
     (features,) = _batched(make, len(jobs), extractor, progress, "focus features")
