@@ -1050,7 +1050,15 @@ halfway between the two targets. Independent rows: atlas / device-like.
     its cervix-only range (1-2.5 % of the cervix width, from 0.5 %) met 22 of the 30 pairs, as 1.3.0. R rose by
     0.03-0.08 with every seed, so seed 4's blurred draws were recaptured >= 98 %, but seed 0 accepted 91.0 % of
     its atlas sharp draws and lost 4 real sharp photos. Its tilted focus met 18. Both raised the real-photo ROC
-    AUC a little (mean 0.867 and 0.866 against 0.858), as 1.6.0 did; the shake alone did not (0.860).
+    AUC a little (mean 0.867 and 0.866 against 0.858), as 1.6.0 did; the shake alone did not (0.860);
+  - the crop at 640 px instead of 384 (the whole backbone at 640: a blur of 1.5 % of the cervix width is then about
+    8 px, not 5), probed with `bench/focus_ablation.py`'s machinery (learned features only, labelled boxes, one
+    head seed) on the splits of seeds 0 and 3, by a rule written before the runs (real-photo ROC AUC at or above
+    the 384 crop's on both splits and 0.02 higher on average; at least as many real blurry photos found at the
+    third-lowest real sharp score): ROC AUC 0.840 and 0.781 against 0.849 and 0.803, real blurry found there 6
+    and 2 against 5 and 0. Not kept; it also costs about 2.8 times the focus model. With training rescales that
+    never enlarge the cervix past its width in that crop (533 px) it met all but the mean AUC gain (0.849 and
+    0.832, +0.015) and found 7 and 8.
 - What no operating-point rule can fix (an analysis after the runs, not a rule): with R chosen per seed on the
   validation photos themselves (T = R, the best single point), 1.3.0's scores meet at most 24 of the 30 pairs
   (4, 6, 6, 4, 4), against the 22 its rule meets. The 13 variants above that train on cached draws reach 21-25

@@ -129,13 +129,15 @@ class TrainOptions:
 # ------------------------------------------------------------------------------------------ samples
 
 
-def training_scale(cervix_px: float, rng: np.random.Generator, never_enlarge: bool = False) -> float:
+def training_scale(
+    cervix_px: float, rng: np.random.Generator, never_enlarge: bool = False, crop_cervix_px: float = CERVIX_PX
+) -> float:
     """A focus training photo's rescale factor, log-uniform in 0.45-1 (smaller cervices, as wider device photos
     give). ``never_enlarge``: not below the factor that brings the cervix (``cervix_px`` wide) to its width in the
-    crop, so the crop never resizes it up (1 when it is already narrower)."""
+    crop (``crop_cervix_px``), so the crop never resizes it up (1 when it is already narrower)."""
     lo = math.log(0.45)
     if never_enlarge:
-        lo = max(lo, min(0.0, math.log(CERVIX_PX / cervix_px)))
+        lo = max(lo, min(0.0, math.log(crop_cervix_px / cervix_px)))
     return float(np.exp(rng.uniform(lo, 0.0))) if lo < 0 else 1.0
 
 
