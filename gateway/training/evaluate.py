@@ -1058,7 +1058,14 @@ halfway between the two targets. Independent rows: atlas / device-like.
     third-lowest real sharp score): ROC AUC 0.840 and 0.781 against 0.849 and 0.803, real blurry found there 6
     and 2 against 5 and 0. Not kept; it also costs about 2.8 times the focus model. With training rescales that
     never enlarge the cervix past its width in that crop (533 px) it met all but the mean AUC gain (0.849 and
-    0.832, +0.015) and found 7 and 8.
+    0.832, +0.015) and found 7 and 8;
+  - those rescales alone at 384 (`TrainOptions.never_enlarge`: a ~500 px atlas cervix is no longer shrunk below
+    the crop's 320 px and then resized up into a soft "sharp" sample), by a rule written before its runs: it
+    passed the probe (real blurry found losing 2: 8 and 4 against 5 and 0; ROC AUC 0.890 and 0.823) and the
+    screen (seeds 0 and 3: 4 and 4 pairs against 3 and 3), but seeds 0-3 meet 17 of their 24 pairs against
+    1.3.0's 18 (seed 1: 6, seed 2: 3 against 6); seed 4 not yet run. R rose (0.654, 0.755, 0.726, 0.699 for
+    seeds 0-3): seed 0 found 7 real blurry photos losing 2, but seed 2 lost 3 real sharp photos and accepted
+    93.6 / 94.7 % of the independent sharp draws, and seed 0's sharp after JPEG+noise fell to 91.9 %.
 - What no operating-point rule can fix (an analysis after the runs, not a rule): with R chosen per seed on the
   validation photos themselves (T = R, the best single point), 1.3.0's scores meet at most 24 of the 30 pairs
   (4, 6, 6, 4, 4), against the 22 its rule meets. The 13 variants above that train on cached draws reach 21-25
