@@ -20,7 +20,7 @@ Variants:
 * ``masked-marks``: features pooled only away from glints and drawn marks (colour rules on the input).
 * ``detector-scale``: focus judged as a RetinaNet with sharp / not-sharp classes would, at the detector's scale (the
   whole photo letterboxed to 320 px, features pooled inside the cervix box).
-* ``crop-640``: the crop at 640 px, not 384 (the whole backbone at 640; about 2.8 times the focus model's cost).
+* ``crop-640``: the crop at 640 px, not 384 (the whole backbone at 640: 2.8 times the pixels of the 384 crop).
 * ``crop-640-no-upscale``: both: the crop at 640, training rescales never enlarging the cervix past 533 px.
 * ``real-supervised``: no synthetic data at all; a logistic regression on the committed features of the real
   photos, leave-one-patient-out over the validation patients (so the real blurry photos of other patients train
@@ -108,10 +108,9 @@ class Variant:
         self, image: np.ndarray, box: Any, kind: degradations.Kind | None, rng: np.random.Generator, draw: str
     ) -> Sample:
         """``draw``: "train" (rescaled, flipped, box jittered), "calibrate" (flipped, jittered) or "evaluate"."""
-        if draw == "train":  # upscale False: never enlarge the cervix past its width in the crop (320 px)
+        if draw == "train":  # upscale False: never enlarge the cervix past its width in the crop
             width = (box[2] - box[0]) * image.shape[1]
-            cervix = self.size / (1 + 2 * train.CROP_MARGIN)
-            image = train.rescale(image, train.training_scale(width, rng, not self.upscale, cervix))
+            image = train.rescale(image, train.training_scale(width, rng, not self.upscale, self.size))
         if draw != "evaluate" and rng.random() < 0.5:
             image = image[:, ::-1].copy()
             box = (1.0 - box[2], box[1], 1.0 - box[0], box[3])

@@ -426,14 +426,14 @@ def test_the_focus_cache_is_read_only_for_the_same_samples(tmp_path: Path) -> No
 
 def test_training_rescales_never_enlarge_the_cervix_when_asked() -> None:
     pytest.importorskip("torch")
-    from gateway.training.train import CERVIX_PX, TrainOptions, training_scale
+    from gateway.training.train import TrainOptions, training_scale
 
     def factors(width: float, never_enlarge: bool) -> np.ndarray:
         rng = np.random.default_rng(5)
         return np.array([training_scale(width, rng, never_enlarge) for _ in range(400)])
 
     wide = factors(600.0, True)  # shrunk at most to the crop's 320 px: the crop then never enlarges it
-    assert wide.min() >= CERVIX_PX / 600 - 1e-9 and wide.max() <= 1.0 and wide.min() < 0.6
+    assert wide.min() >= 320 / 600 - 1e-9 and wide.max() <= 1.0 and wide.min() < 0.6
     assert set(factors(250.0, True)) == {1.0}  # already narrower than in the crop: never shrunk further
     old = factors(600.0, False)  # 1.3.0's recipe: 0.45-1 whatever the size, the same draws as before
     assert 0.45 <= old.min() < 0.47 and old.max() <= 1.0

@@ -1056,9 +1056,9 @@ halfway between the two targets. Independent rows: atlas / device-like.
     head seed) on the splits of seeds 0 and 3, by a rule written before the runs (real-photo ROC AUC at or above
     the 384 crop's on both splits and 0.02 higher on average; at least as many real blurry photos found at the
     third-lowest real sharp score): ROC AUC 0.840 and 0.781 against 0.849 and 0.803, real blurry found there 6
-    and 2 against 5 and 0. Not kept; it also costs about 2.8 times the focus model. With training rescales that
-    never enlarge the cervix past its width in that crop (533 px) it met all but the mean AUC gain (0.849 and
-    0.832, +0.015) and found 7 and 8;
+    and 2 against 5 and 0. Not kept; it also runs the backbone on 2.8 times the pixels (not timed). With
+    training rescales that never enlarge the cervix past its width in that crop (533 px) it met all but the mean
+    AUC gain (0.849 and 0.832, +0.015) and found 7 and 8;
   - those rescales alone at 384 (`TrainOptions.never_enlarge`: a ~500 px atlas cervix is no longer shrunk below
     the crop's 320 px and then resized up into a soft "sharp" sample), by a rule written before its runs: it
     passed the probe (real blurry found losing 2: 8 and 4 against 5 and 0; ROC AUC 0.890 and 0.823) and the

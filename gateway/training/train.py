@@ -71,8 +71,6 @@ borderline band's top, and the one-sided 95 % normal quantile of the acceptance 
 DETECTOR_NAME, FOCUS_NAME = "cervix-detector", "focus-classifier"
 DETECTOR_SIZE, FOCUS_SIZE = 320, 384
 CROP_MARGIN = 0.1
-CERVIX_PX = FOCUS_SIZE / (1 + 2 * CROP_MARGIN)
-"""The cervix box's width in the focus crop (320 px)."""
 FOCUS_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
 
 
@@ -108,7 +106,7 @@ class TrainOptions:
     keep_detector: Path | None = None
     """A manifest whose cervix detector (entry and ONNX file) is reused instead of training one."""
     never_enlarge: bool = False
-    """Training rescales never enlarge the cervix past its width in the focus crop (``CERVIX_PX``): a smaller
+    """Training rescales never enlarge the cervix past its width in the focus crop (320 px): a smaller
     cervix resized up to the crop is a soft "sharp" sample. False: 1.3.0's recipe (0.45-1x whatever the size)."""
     focus_cache: Path | None = None
     """An ``.npz`` of the focus training samples' features: read when it was made with the same seed and sample
@@ -130,14 +128,14 @@ class TrainOptions:
 
 
 def training_scale(
-    cervix_px: float, rng: np.random.Generator, never_enlarge: bool = False, crop_cervix_px: float = CERVIX_PX
+    cervix_px: float, rng: np.random.Generator, never_enlarge: bool = False, crop_size: int = FOCUS_SIZE
 ) -> float:
     """A focus training photo's rescale factor, log-uniform in 0.45-1 (smaller cervices, as wider device photos
-    give). ``never_enlarge``: not below the factor that brings the cervix (``cervix_px`` wide) to its width in the
-    crop (``crop_cervix_px``), so the crop never resizes it up (1 when it is already narrower)."""
+    give). ``never_enlarge``: not below the factor that brings the cervix (``cervix_px`` wide) to its width in a
+    ``crop_size`` crop, so the crop never resizes it up (1 when it is already narrower)."""
     lo = math.log(0.45)
     if never_enlarge:
-        lo = max(lo, min(0.0, math.log(crop_cervix_px / cervix_px)))
+        lo = max(lo, min(0.0, math.log(crop_size / (1 + 2 * CROP_MARGIN) / cervix_px)))
     return float(np.exp(rng.uniform(lo, 0.0))) if lo < 0 else 1.0
 
 
