@@ -82,3 +82,56 @@ def test_shrink_by_halvings_stays_close_to_one_step() -> None:
 def test_shrink_under_4x_or_on_odd_sides_is_one_area_resize(shape: tuple[int, int]) -> None:
     image = _photo(*shape)
     np.testing.assert_array_equal(shrink(image, 320, 240), cv2.resize(image, (320, 240), interpolation=cv2.INTER_AREA))
+
+
+def _reference(resized: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The formula the tensor follows, written plainly: a float canvas padded with ``pad_value``, the photo at
+    its top left, channels in the spec's order, ``(x - mean * scale) / (std * scale)``, NCHW."""
+    h, w = resized.shape[:2]
+    canvas = np.full((spec.height, spec.width, 3), spec.pad_value, dtype=np.float32)
+    canvas[:h, :w] = resized
+    if spec.colour == "rgb":
+        canvas = canvas[:, :, ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float32) * spec.scale
+    std = np.asarray(spec.std, dtype=np.float32) * spec.scale
+    return np.ascontiguousarray(((canvas - mean) / std).transpose(2, 0, 1)[None], dtype=np.dtype(spec.dtype))
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "resize", "colour", "dtype"),
+    [
+        ((1500, 2000), 320, "letterbox", "rgb", "float32"),  # the detector on a half-scale 12 MP decode
+        ((700, 760), 384, "stretch", "rgb", "float32"),  # the focus model on a cervix crop
+        ((300, 200), 96, "letterbox", "bgr", "float16"),  # taller than wide: padded on the right
+        ((40, 50), 64, "letterbox", "rgb", "float32"),  # enlarged
+    ],
+)
+def test_tensor_is_the_reference_formula_to_the_bit(
+    shape: tuple[int, int], size: int, resize: str, colour: str, dtype: str
+) -> None:
+    spec = InputSpec.model_validate(
+        {
+            "name": "x",
+            "shape": (1, 3, size, size),
+            "resize": resize,
+            "colour": colour,
+            "dtype": dtype,
+            "pad_value": 114,
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+        }
+    )
+    image = _photo(*shape)
+    tensor, geometry = preprocess(image, spec)
+    new_w, new_h = round(geometry.scale_x * shape[1]), round(geometry.scale_y * shape[0])
+    interpolation = cv2.INTER_LINEAR if new_w > shape[1] else None
+    resized = (
+        cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+        if interpolation is not None
+        else shrink(image, new_w, new_h)
+    )
+    expected = _reference(resized, spec)
+    assert tensor.dtype == expected.dtype and tensor.flags.c_contiguous
+    np.testing.assert_array_equal(tensor, expected)
+    if resize == "letterbox" and shape[0] != shape[1]:
+        assert (new_w < size) != (new_h < size)  # the padding is part of what was compared

