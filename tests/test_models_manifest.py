@@ -49,6 +49,16 @@ def test_the_repository_manifest_is_valid_and_its_example_too() -> None:
     assert spec.anchors.count(320, 320) == 18900 == spec.output("cls_logits").shape[1]
 
 
+def test_the_benchmarks_first_release_manifest_still_loads() -> None:
+    """bench/gateway_bench.py times the 1.0.0 models beside the shipped ones (the speed target's "today"): a
+    manifest of the first release's form, its ONNX files in engines/ with their digests."""
+    manifest = load_manifest(REPO / "bench" / "baseline-1.0.0.yaml")
+    assert [(m.task, m.version, m.measures) for m in manifest.models] == [
+        ("cervix_detector", "1.0.0", None),
+        ("focus_classifier", "1.0.0", None),
+    ]
+
+
 def test_a_valid_manifest_loads_with_paths_relative_to_it(tmp_path: Path) -> None:
     manifest = load_manifest(detector_and_classifier(tmp_path))
     assert [m.name for m in manifest.models] == ["cervix-detector", "focus-classifier"]
