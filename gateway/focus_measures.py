@@ -20,6 +20,11 @@ out, as are near-black pixels:
 * context: the glare and mark fractions of the box, the log of the mean and of the standard deviation of the
   green channel, and the log of the scale (view width / ``FEATURE_WIDTH``, 0 when the cervix is large enough).
 
+Feature set ``focus-v2`` (``FOCUS_V2``, 23 values): ``focus-v1``, then nine of what lies around the cervix, on
+the whole frame at a long side of ``FRAME_SIDE`` px (``_around``): the energy of its three finest bands, and of
+those of the surround (the box widened by half its size, less the box) with their per-block ratios and its share
+of the frame.
+
 Blur type. Motion blur removes fine detail along its direction only; defocus removes it in every direction. On
 the cervix (an ellipse inscribed in its box, 80 % of it, so a sharp speculum around a defocused cervix does not
 count), resampled so the box is ``TYPE_WIDTH`` px wide, the gradient structure tensors of a fine band
@@ -236,6 +241,31 @@ def _block_energy(band: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return energy
 
 
+def _band_measures(grey: np.ndarray, valid: Mask, levels: int, ratios_over: int = 0, ratios: int = 0) -> list[float]:
+    """The log energy of each Laplacian-pyramid band (finest first; ``levels`` of them) over the valid pixels,
+    then the per-block ratios of the ``ratios`` finest bands over band ``ratios_over``: the log of their median
+    over the blocks of that band's grid that have structure (-10 where too little is valid)."""
+    bands = _pyramid(grey, valid.astype(np.float32), levels)
+    out = []
+    for band, weight in bands:
+        kept = weight > 0.99
+        out.append(math.log(float(np.mean(np.square(band[kept]))) + 1e-6) if np.count_nonzero(kept) else -10.0)
+    if not ratios:
+        return out
+    # per-block ratios on the grid of the coarser band (blocks of 2**ratios_over px): robust to what is crisp in
+    # few blocks
+    coarse, coarse_weight = bands[ratios_over]
+    size = (coarse.shape[1], coarse.shape[0])
+    structure = _block_energy(coarse, size)
+    counted = (coarse_weight > 0.99) & (structure > _STRUCTURE_FLOOR**2)
+    for k in range(ratios):
+        fine = _block_energy(bands[k][0], size)
+        out.append(
+            math.log(float(np.median(fine[counted] / structure[counted])) + 1e-6) if counted.sum() >= 20 else -10.0
+        )
+    return out
+
+
 def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
     """The ``focus-v1`` features (``FOCUS_V1``) of the cervix ``box`` (normalised; None: the central region)."""
     box = finite(box)
@@ -258,20 +288,7 @@ def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
         out[:9] = (-10.0,) * 8 + (1.0,)
         return out
     grey = view[..., 1].astype(np.float32)
-    bands = _pyramid(grey, valid.astype(np.float32), FEATURE_LEVELS)
-    for k, (band, weight) in enumerate(bands):
-        kept = weight > 0.99
-        out[k] = math.log(float(np.mean(np.square(band[kept]))) + 1e-6) if np.count_nonzero(kept) else -10.0
-    # per-block ratios on the grid of the 4-8 px band (blocks of 8 px): robust to what is crisp in few blocks
-    coarse, coarse_weight = bands[3]
-    size = (coarse.shape[1], coarse.shape[0])
-    structure = _block_energy(coarse, size)
-    counted = (coarse_weight > 0.99) & (structure > _STRUCTURE_FLOOR**2)
-    for k in range(3):
-        fine = _block_energy(bands[k][0], size)
-        out[5 + k] = (
-            math.log(float(np.median(fine[counted] / structure[counted])) + 1e-6) if counted.sum() >= 20 else -10.0
-        )
+    out[:8] = _band_measures(grey, valid, FEATURE_LEVELS, ratios_over=3, ratios=3)
     out[8] = directional_ratio(view, FEATURE_INNER, excluded, ellipse)
     values = grey[valid]
     out[11] = math.log(float(values.mean()) + 1.0)
@@ -279,7 +296,74 @@ def focus_v1(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
     return out
 
 
-FEATURE_SETS = {"focus-v1": (FOCUS_V1, focus_v1)}
+FRAME_SIDE = 800
+"""What lies around the cervix is measured on the whole frame at a long side of at most this (px), as the
+Laplacian baseline sees it: on a 12 MP photo with the cervix 25-50 % of its width, a blur of 1.5 % of the cervix
+width is 3-6 px there."""
+SURROUND_MARGIN = 0.5
+"""The surround: the cervix box widened by this much of its size on each side, less the box itself."""
+FOCUS_V2 = (
+    *FOCUS_V1,
+    "frame_0.5_1",
+    "frame_1_2",
+    "frame_2_4",
+    "surround_0.5_1",
+    "surround_1_2",
+    "surround_2_4",
+    "surround_ratio_0.5_1",
+    "surround_ratio_1_2",
+    "surround_fraction",
+)
+"""``focus-v1``, then what lies around the cervix (``_around``): motion and whole-frame defocus blur the speculum
+and the walls, whose edges carry more of the blur than smooth tissue, while blur confined to the cervix leaves
+them sharp."""
+
+
+def _frame(image: np.ndarray) -> np.ndarray:
+    """The photo at a long side of at most ``FRAME_SIDE``: exact halvings first (OpenCV's fast integer path),
+    then one area resize."""
+    h, w = image.shape[:2]
+    while max(h, w) >= 2 * FRAME_SIDE and h % 2 == w % 2 == 0:
+        image = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+    scale = FRAME_SIDE / max(h, w)
+    return resize(image, max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1.0 else image
+
+
+def _around(image: np.ndarray, box: Box | None) -> list[float]:
+    """On the whole frame at ``FRAME_SIDE`` (glare, marks and near-black left out): the log energy of its bands
+    0.5-1, 1-2 and 2-4 px; the same over the surround (the cervix box widened by ``SURROUND_MARGIN``, less the
+    box), the per-block ratios of its two finest bands over the 2-4 px band, and the share of the frame that
+    surround covers."""
+    frame = _frame(image)
+    h, w = frame.shape[:2]
+    if min(h, w) < 4 * _MIN_SIDE:
+        return [-10.0] * 8 + [0.0]
+    glare, marks = glare_and_marks_apart(frame)
+    excluded = cv2.dilate((glare | marks).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    valid = ~excluded & (channel_max(frame) >= 30)
+    grey = frame[..., 1].astype(np.float32)
+    whole = _band_measures(grey, valid, 3) if np.count_nonzero(valid) >= 100 else [-10.0] * 3
+    x0, y0, x1, y1 = finite(box) or (0.2, 0.2, 0.8, 0.8)
+    mx, my = (x1 - x0) * SURROUND_MARGIN, (y1 - y0) * SURROUND_MARGIN
+    surround = np.zeros_like(valid)
+    surround[
+        max(0, round((y0 - my) * h)) : round((y1 + my) * h), max(0, round((x0 - mx) * w)) : round((x1 + mx) * w)
+    ] = True
+    surround[max(0, round(y0 * h)) : round(y1 * h), max(0, round(x0 * w)) : round(x1 * w)] = False
+    surround &= valid
+    fraction = np.count_nonzero(surround) / surround.size
+    if np.count_nonzero(surround) < 100:
+        return [*whole, *[-10.0] * 5, fraction]
+    return [*whole, *_band_measures(grey, surround, 3, ratios_over=2, ratios=2), fraction]
+
+
+def focus_v2(image: np.ndarray, box: Box | None) -> npt.NDArray[np.float32]:
+    """The ``focus-v2`` features (``FOCUS_V2``): ``focus-v1``, then those of what lies around the cervix."""
+    return np.concatenate([focus_v1(image, box), np.asarray(_around(image, box), np.float32)])
+
+
+FEATURE_SETS = {"focus-v1": (FOCUS_V1, focus_v1), "focus-v2": (FOCUS_V2, focus_v2)}
 """Classical feature sets by name: (feature names, function of a BGR photo and its normalised cervix box)."""
 
 
