@@ -1062,10 +1062,11 @@ halfway between the two targets. Independent rows: atlas / device-like.
   - those rescales alone at 384 (`TrainOptions.never_enlarge`: a ~500 px atlas cervix is no longer shrunk below
     the crop's 320 px and then resized up into a soft "sharp" sample), by a rule written before its runs: it
     passed the probe (real blurry found losing 2: 8 and 4 against 5 and 0; ROC AUC 0.890 and 0.823) and the
-    screen (seeds 0 and 3: 4 and 4 pairs against 3 and 3), but seeds 0-3 meet 17 of their 24 pairs against
-    1.3.0's 18 (seed 1: 6, seed 2: 3 against 6); seed 4 not yet run. R rose (0.654, 0.755, 0.726, 0.699 for
-    seeds 0-3): seed 0 found 7 real blurry photos losing 2, but seed 2 lost 3 real sharp photos and accepted
-    93.6 / 94.7 % of the independent sharp draws, and seed 0's sharp after JPEG+noise fell to 91.9 %.
+    screen (seeds 0 and 3: 4 and 4 pairs against 3 and 3), but seeds 0-4 meet 21 of the 30 pairs against
+    1.3.0's 22 (seed 1: 6, seed 2: 3 against 6, seed 4: 4 as 1.3.0). R rose (0.654, 0.755, 0.726, 0.699, 0.716
+    for seeds 0-4): seed 0 found 7 real blurry photos losing 2, but seed 2 lost 3 real sharp photos and accepted
+    93.6 / 94.7 % of the independent sharp draws, seed 4 found 10 losing 3 and accepted 93.3 % of the atlas sharp
+    draws (real-photo ROC AUC 0.886 against 0.896), and seed 0's sharp after JPEG+noise fell to 91.9 %.
   - what lies around the cervix (`focus-v2`, `TrainOptions.measures`: focus-v1 and nine measures of the whole
     frame at 800 px, the energy of its three finest bands and of the surround's, the box widened by half its size
     less the box, with the surround's per-block ratios and its share of the frame). At the model's specificity the
