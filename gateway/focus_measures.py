@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.assessment import BlurType, Box
+from gateway.models.preprocess import shrink
 
 F32 = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
@@ -86,8 +87,8 @@ def channel_max(image: np.ndarray) -> np.ndarray:
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize with area averaging when shrinking, cubic interpolation when enlarging."""
-    shrink = width * height < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    smaller = width * height < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if smaller else cv2.INTER_CUBIC)
 
 
 def glare_and_marks(
@@ -320,14 +321,10 @@ them sharp."""
 
 
 def _frame(image: np.ndarray) -> np.ndarray:
-    """The photo at a long side of at most ``FRAME_SIDE``: exact halvings first (OpenCV's fast integer path),
-    then one area resize."""
+    """The photo at a long side of at most ``FRAME_SIDE``, exact halvings first (OpenCV's fast integer path)."""
     h, w = image.shape[:2]
-    while max(h, w) >= 2 * FRAME_SIDE and h % 2 == w % 2 == 0:
-        image = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-        h, w = image.shape[:2]
     scale = FRAME_SIDE / max(h, w)
-    return resize(image, max(1, round(w * scale)), max(1, round(h * scale))) if scale < 1.0 else image
+    return shrink(image, max(1, round(w * scale)), max(1, round(h * scale)), halve_from=2) if scale < 1.0 else image
 
 
 def _around(image: np.ndarray, box: Box | None) -> list[float]:

@@ -124,11 +124,9 @@ def test_tensor_is_the_reference_formula_to_the_bit(
     image = _photo(*shape)
     tensor, geometry = preprocess(image, spec)
     new_w, new_h = round(geometry.scale_x * shape[1]), round(geometry.scale_y * shape[0])
-    interpolation = cv2.INTER_LINEAR if new_w > shape[1] else None
+    enlarged = new_w > shape[1]
     resized = (
-        cv2.resize(image, (new_w, new_h), interpolation=interpolation)
-        if interpolation is not None
-        else shrink(image, new_w, new_h)
+        cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if enlarged else shrink(image, new_w, new_h)
     )
     expected = _reference(resized, spec)
     assert tensor.dtype == expected.dtype and tensor.flags.c_contiguous
