@@ -1086,6 +1086,13 @@ halfway between the two targets. Independent rows: atlas / device-like.
     (R 0.722) met all but the real blurry found (6, losing 2); seed 3 recaptured 99.6 / 99.3 % but accepted
     84.1 % of the atlas sharp draws and lost 9 real sharp photos (R 0.690); real-photo ROC AUC 0.851, 0.859,
     0.836 and 0.801 against 0.834, 0.900, 0.840 and 0.818.
+  - a Laplacian veto (recapture whatever the model says when the whole-frame Laplacian, the baseline's measure,
+    is below the 0.5th percentile of its values on the training patients' sharp draws, 4 atlas and 4 device-like
+    per photo), counted on six runs' evaluations (1.3.0 seed 0, focus-v2 with never-enlarge seeds 0-3,
+    never-enlarge seed 4) by a rule written before the counts (at least 3 pairs more, none fewer): at most 1 more.
+    The veto level moved with the training patients (3.97-4.59). With seed 0 it raised the blurred draws
+    recaptured from 96.2 / 94.3 % to 97.0 / 97.0 % and touched no real photo, but with seed 2 it recaptured
+    3 real sharp photos and dropped the atlas sharp draws accepted from 96.5 to 92.2 %.
 - What no operating-point rule can fix (an analysis after the runs, not a rule): with R chosen per seed on the
   validation photos themselves (T = R, the best single point), 1.3.0's scores meet at most 24 of the 30 pairs
   (4, 6, 6, 4, 4), against the 22 its rule meets. The 13 variants above that train on cached draws reach 21-25
