@@ -110,6 +110,38 @@ def test_the_targets_must_hold_with_each_seed() -> None:
     assert "seed 2: 0 of 37" in targets[3]
 
 
+def test_the_replacement_rule_counts_six_targets_per_seed() -> None:
+    spread = _spread()
+    assert spread.pairs() == {
+        0: {
+            "atlas sharp accepted": False,  # 2 of 3
+            "atlas blurred recaptured": False,  # 3 of 4
+            "device-like sharp accepted": False,  # no device-like draws: not met
+            "device-like blurred recaptured": False,
+            "real blurry found": True,  # 2 of 4 is 7 of 14
+            "real sharp lost": False,  # 1 of 4
+        },
+        1: {
+            "atlas sharp accepted": True,
+            "atlas blurred recaptured": True,
+            "device-like sharp accepted": False,
+            "device-like blurred recaptured": False,
+            "real blurry found": True,
+            "real sharp lost": True,
+        },
+    }
+    assert spread.table().splitlines()[-1] == (
+        "Seed-target pairs met (the replacement rule): seed 0: 1 of 6, seed 1: 4 of 6; 5 of 12 in all."
+    )
+    # the thresholds are inclusive: 95 % accepted and 98 % recaptured meet them
+    items = [_item("sharp", "accept", (), 0.9)] * 19 + [_item("sharp", "recapture", ("out_of_focus",), 0.1)]
+    items += [_item("disk", "recapture", ("out_of_focus", "defocus"), 0.1)] * 49
+    items += [_item("disk", "accept", (), 0.9)]
+    spread = _spread()
+    spread.reports[2] = _report([0.9] * 37, [0.1] * 7 + [0.9] * 7, hits=10, items=items)
+    assert sum(spread.pairs()[2].values()) == 4
+
+
 def test_the_spread_goes_into_the_json() -> None:
     out = json.loads(json.dumps(_spread().to_json()))
     assert out["seeds"] == [0, 1]
@@ -118,6 +150,7 @@ def test_the_spread_goes_into_the_json() -> None:
     assert (found["min"], found["max"], found["min_max"]) == (0.5, 0.75, "2-3 of 4")
     assert [t["met"] for t in out["targets"]] == [True, False]
     assert out["targets"][1]["per_seed"]["0"] == {"real_sharp_lost": 1, "n": 4}
+    assert sum(out["pairs"]["1"].values()) == 4
 
 
 @pytest.mark.parametrize(

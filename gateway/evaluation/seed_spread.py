@@ -7,6 +7,11 @@ fields (``Report.overall``, ``per_row``, ``sensitivity_at_specificity``, ``detec
 so it is the number of the seed's main table. The targets "real blurry found >= 7 of 14" and "real sharp lost
 <= 2 of 37" are taken as those proportions of each seed's own count (the real sharp validation photos differ
 between splits; with 14 and 37 photos they are the literal targets).
+
+The replacement rule (``SeedSpread.pairs``): per seed, six targets (per source of the independent blur, sharp
+draws accepted >= 95 % and blurred draws recaptured >= 98 %; real blurry found; real sharp lost). A recipe
+replaces the shipped one only when, over seeds 0-4, it meets more of these seed-target pairs (engines/MODEL_CARD.md
+lists what was counted this way).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ BLURRY_FOUND = (7, 14)
 """At least 7 of 14 real blurry photos found, with each seed."""
 SHARP_LOST = (2, 37)
 """At most 2 of 37 real sharp photos lost, with each seed."""
+SHARP_ACCEPTED = 0.95
+"""Independent sharp draws accepted (the borderline band included), per source."""
+BLURRED_RECAPTURED = 0.98
+"""Independent blurred draws recaptured, per source."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,32 @@ class SeedSpread:
             lines.append(f"| {target} | {reached} | {mark(met)} |")
         return lines
 
+    def pairs(self) -> dict[int, dict[str, bool]]:
+        """Seed -> the replacement rule's targets and whether that seed meets each (a source missing from a
+        seed's report is a target not met)."""
+        figures = self.figures
+        (need, of), (allowed, of_sharp) = BLURRY_FOUND, SHARP_LOST
+        out: dict[int, dict[str, bool]] = {}
+        for seed in self.reports:
+            met: dict[str, bool] = {}
+            for source in SOURCES:
+                accepted = figures.get(f"independent blur, {source}: sharp accepted", {}).get(seed)
+                recaptured = figures.get(f"independent blur, {source}: blurred recaptured", {}).get(seed)
+                met[f"{source} sharp accepted"] = accepted is not None and accepted.value >= SHARP_ACCEPTED
+                met[f"{source} blurred recaptured"] = recaptured is not None and recaptured.value >= BLURRED_RECAPTURED
+            found, kept = figures["real blurry found"][seed], figures["real sharp kept"][seed]
+            met["real blurry found"] = bool(found.n) and (found.k or 0) * of >= need * (found.n or 0)
+            lost = (kept.n or 0) - (kept.k or 0)
+            met["real sharp lost"] = bool(kept.n) and lost * of_sharp <= allowed * (kept.n or 0)
+            out[seed] = met
+        return out
+
+    def pairs_text(self) -> str:
+        pairs = self.pairs()
+        per_seed = ", ".join(f"seed {s}: {sum(m.values())} of {len(m)}" for s, m in pairs.items())
+        total, of = sum(sum(m.values()) for m in pairs.values()), sum(len(m) for m in pairs.values())
+        return f"Seed-target pairs met (the replacement rule): {per_seed}; {total} of {of} in all."
+
     def table(self) -> str:
         seeds = list(self.reports)
         lines = [
@@ -158,7 +193,7 @@ class SeedSpread:
         for name, by_seed in self.figures.items():
             cells = " | ".join(f.text() for f in by_seed.values())
             lines.append(f"| {name} | {cells} | {_range(list(by_seed.values()))} |")
-        return "\n".join([*lines, "", *self.targets()])
+        return "\n".join([*lines, "", *self.targets(), "", self.pairs_text()])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -176,4 +211,5 @@ class SeedSpread:
                 {"target": target, "per_seed": {str(s): {key: k, "n": n} for s, k, n in counts}, "met": met}
                 for target, key, counts, met in self._target_counts()
             ],
+            "pairs": {str(s): met for s, met in self.pairs().items()},
         }

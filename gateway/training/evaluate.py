@@ -986,7 +986,8 @@ halfway between the two targets. Independent rows: atlas / device-like.
   against 4 and 3).
 - Tried after 1.3.0 and not shipped, each by a rule written before its runs (six targets per seed, seeds 0-4:
   independent sharp accepted >= 95 % and blurred recaptured >= 98 % per source, real blurry found >= 7, real sharp
-  lost <= 2; replace 1.3.0 only if more of the 30 pairs are met than its 22):
+  lost <= 2; replace 1.3.0 only if more of the 30 pairs are met than its 22; `evaluate --seed-manifests` prints
+  the count):
   - an acceptance floor whose confidence comes from a patient bootstrap, all sharp draws pooled: 18. R fell by
     0.10-0.22 with four seeds, and seed 3 still accepted only 83.3 % of the atlas sharp draws;
   - the mean of five heads: 21 (real-photo ROC AUC 0.818-0.904, mean 0.869 against 0.858);
