@@ -1102,6 +1102,11 @@ halfway between the two targets. Independent rows: atlas / device-like.
   model: no point keeps 95 % of its atlas sharp draws and loses at most 2 real sharp photos while it recaptures
   98 % of the blurred draws. Seed 0 tops out at 3-5. So what limits the pairs is how far sharp close-ups score from
   blur, not the rule that sets R.
+- Where the independent arcs are missed (a diagnostic after the runs, not a rule: seed 0's validation sharp photos,
+  labelled boxes, 4 arcs each): 1.3.0 scores 14 of 148 arcs sharp, 10 of them with the optics alone (no noise, no
+  JPEG), and 7 of the 14 are one patient's (AABH) overexposed close-ups, where the arc drags every glint into a
+  crisp bright curl. focus-v1's ratios separate these arcs from the sharp photos less well than the model does
+  (ROC AUC 0.85-0.87 against 0.985).
 - One patient, AACZ, whose atlas photos are hazy close-ups, has only 23-45 % of its atlas sharp draws accepted out
   of fold with every seed that trains on it.
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures), and its boxes were
