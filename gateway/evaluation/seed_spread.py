@@ -34,6 +34,18 @@ BLURRED_RECAPTURED = 0.98
 """Independent blurred draws recaptured, per source."""
 
 
+def _found_enough(k: int, n: int) -> bool:
+    """``k`` of ``n`` real blurry photos found meets ``BLURRY_FOUND`` (as a proportion)."""
+    need, of = BLURRY_FOUND
+    return n > 0 and k * of >= need * n
+
+
+def _lost_few_enough(k: int, n: int) -> bool:
+    """``k`` of ``n`` real sharp photos lost meets ``SHARP_LOST`` (as a proportion)."""
+    allowed, of = SHARP_LOST
+    return n > 0 and k * of <= allowed * n
+
+
 @dataclass(frozen=True)
 class Figure:
     """One headline figure of one report: a proportion (``k`` of ``n`` when it counts photos) or an AUC."""
@@ -137,13 +149,13 @@ class SeedSpread:
                 f"real blurry found >= {need} of {of} with each seed",
                 "real_blurry_found",
                 found,
-                all(n > 0 and k * of >= need * n for _, k, n in found),
+                all(_found_enough(k, n) for _, k, n in found),
             ),
             (
                 f"real sharp lost <= {allowed} of {of_sharp} with each seed",
                 "real_sharp_lost",
                 lost,
-                all(n > 0 and k * of_sharp <= allowed * n for _, k, n in lost),
+                all(_lost_few_enough(k, n) for _, k, n in lost),
             ),
         ]
 
@@ -158,7 +170,6 @@ class SeedSpread:
         """Seed -> the replacement rule's targets and whether that seed meets each (a source missing from a
         seed's report is a target not met)."""
         figures = self.figures
-        (need, of), (allowed, of_sharp) = BLURRY_FOUND, SHARP_LOST
         out: dict[int, dict[str, bool]] = {}
         for seed in self.reports:
             met: dict[str, bool] = {}
@@ -168,9 +179,8 @@ class SeedSpread:
                 met[f"{source} sharp accepted"] = accepted is not None and accepted.value >= SHARP_ACCEPTED
                 met[f"{source} blurred recaptured"] = recaptured is not None and recaptured.value >= BLURRED_RECAPTURED
             found, kept = figures["real blurry found"][seed], figures["real sharp kept"][seed]
-            met["real blurry found"] = bool(found.n) and (found.k or 0) * of >= need * (found.n or 0)
-            lost = (kept.n or 0) - (kept.k or 0)
-            met["real sharp lost"] = bool(kept.n) and lost * of_sharp <= allowed * (kept.n or 0)
+            met["real blurry found"] = _found_enough(found.k or 0, found.n or 0)
+            met["real sharp lost"] = _lost_few_enough((kept.n or 0) - (kept.k or 0), kept.n or 0)
             out[seed] = met
         return out
 
