@@ -444,6 +444,31 @@ def test_training_rescales_never_enlarge_the_cervix_when_asked() -> None:
     )
 
 
+def test_close_up_draws_are_a_part_of_the_cervix_that_the_crop_never_enlarges() -> None:
+    pytest.importorskip("torch")
+    from gateway.training.train import TrainOptions, zoom_box
+
+    image = np.zeros((600, 800, 3), np.uint8)
+    box = (0.1, 0.1, 0.85, 0.9)  # 600 x 480 px
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        x0, y0, x1, y1 = zoom_box(box, image, rng)
+        assert box[0] - 1e-9 <= x0 < x1 <= box[2] + 1e-9 and box[1] - 1e-9 <= y0 < y1 <= box[3] + 1e-9
+        fraction = (x1 - x0) / (box[2] - box[0])
+        assert 0.5 - 1e-9 <= fraction <= 0.8 + 1e-9  # 320 px is below half of 600: the range is whole
+        assert (y1 - y0) / (box[3] - box[1]) == pytest.approx(fraction)  # same aspect
+    narrow = (0.3, 0.2, 0.75, 0.8)  # 360 px: at least 320 px of it, so 0.889 of its width every time
+    widths = {round((b[2] - b[0]) * 800, 6) for b in (zoom_box(narrow, image, rng) for _ in range(20))}
+    assert widths == {320.0}
+    small = (0.4, 0.4, 0.7, 0.7)  # 240 px, already narrower than in the crop: the whole box
+    assert zoom_box(small, image, rng) == pytest.approx(small)
+    assert (
+        TrainOptions(Path("d"), Path("o"), zoom_variants=8).focus_key()
+        != TrainOptions(Path("d"), Path("o")).focus_key()
+    )
+    assert " zoom" not in TrainOptions(Path("d"), Path("o")).focus_key()  # 1.3.0's caches stay valid
+
+
 def test_the_operating_point_takes_its_acceptance_floor_on_the_device_like_draws() -> None:
     pytest.importorskip("torch")
     from gateway.training.train import acceptance_floor, operating_point

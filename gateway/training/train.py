@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -72,6 +72,8 @@ DETECTOR_NAME, FOCUS_NAME = "cervix-detector", "focus-classifier"
 DETECTOR_SIZE, FOCUS_SIZE = 320, 384
 CROP_MARGIN = 0.1
 FOCUS_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
+Draw = Literal["atlas", "device", "zoom"]
+"""How a focus training draw frames its photo (``focus_sample``)."""
 
 
 def focus_input() -> InputSpec:
@@ -101,6 +103,9 @@ class TrainOptions:
     """The 1.0.0 rule, kept for ``bench/focus_ablation.py``: keep this share of sharp calibration draws sharp."""
     device_variants: int = 6
     """Device-like focus samples per sharp training photo (the cervix framed as a phone sees it)."""
+    zoom_variants: int = 0
+    """Close-up focus samples per sharp training photo (``zoom_box``: a part of the cervix at the photo's native
+    resolution, as a colposcope's higher magnification shows it). 0: 1.3.0's recipe."""
     measures: str | None = MEASURES
     """The classical feature set fused into the focus model (None: the 1.0.0 design, no second input)."""
     keep_detector: Path | None = None
@@ -120,6 +125,7 @@ class TrainOptions:
         return (
             f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
             f" degradations={degradations.VERSION}{' never-enlarge' if self.never_enlarge else ''}"
+            f"{f' zoom={self.zoom_variants}' if self.zoom_variants else ''}"
             f" data={self.data.resolve()} labels={labels}"
         )
 
@@ -137,6 +143,24 @@ def training_scale(
     if never_enlarge:
         lo = max(lo, min(0.0, math.log(crop_size / (1 + 2 * CROP_MARGIN) / cervix_px)))
     return float(np.exp(rng.uniform(lo, 0.0))) if lo < 0 else 1.0
+
+
+ZOOM_WIDTH = (0.5, 0.8)
+"""A close-up draw's part of the cervix box: its width as a fraction of the box's, log-uniform."""
+
+
+def zoom_box(box: Any, image: np.ndarray, rng: np.random.Generator, crop_size: int = FOCUS_SIZE) -> Any:
+    """A close-up view inside the normalised cervix ``box``: same aspect, a ``ZOOM_WIDTH`` fraction of its width at
+    a random place, never narrower than the cervix's width in a ``crop_size`` crop, so the crop never resizes it
+    up (the whole box when it is already that narrow)."""
+    width = (box[2] - box[0]) * image.shape[1]
+    floor = crop_size / (1 + 2 * CROP_MARGIN) / max(width, 1.0)
+    lo, hi = max(ZOOM_WIDTH[0], floor), ZOOM_WIDTH[1]
+    fraction = min(1.0, floor) if lo >= hi else float(np.exp(rng.uniform(math.log(lo), math.log(hi))))
+    bw, bh = (box[2] - box[0]) * fraction, (box[3] - box[1]) * fraction
+    x0 = box[0] + rng.uniform(0.0, box[2] - box[0] - bw)
+    y0 = box[1] + rng.uniform(0.0, box[3] - box[1] - bh)
+    return (x0, y0, x0 + bw, y0 + bh)
 
 
 def rescale(image: np.ndarray, factor: float) -> np.ndarray:
@@ -176,12 +200,14 @@ def focus_sample(
     measures: str | None = None,
     device: bool = False,
     never_enlarge: bool = False,
+    zoom: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One focus training sample from a sharp photo and its normalised cervix box: the tensor ``[1, 3, S, S]``
     and the classical ``measures`` of the same degraded photo and box (empty when None).
 
     ``device``: the cervix is framed at its native resolution in a synthetic speculum view and goes through a
-    phone's pipeline (``gateway.training.device_photos``), blurred by the degradation model before sharpening."""
+    phone's pipeline (``gateway.training.device_photos``), blurred by the degradation model before sharpening.
+    ``zoom``: a close-up (``zoom_box``) of the photo at its native resolution, the blur sized to the close-up."""
     if rng.random() < 0.5:
         image = image[:, ::-1].copy()
         box = (1.0 - box[2], box[1], 1.0 - box[0], box[3])
@@ -201,7 +227,9 @@ def focus_sample(
         )
         degraded, box = photo.image, _normalised(photo.cervix_box, photo.image)
     else:
-        if scale:
+        if zoom:
+            box = zoom_box(box, image, rng)
+        elif scale:
             image = rescale(image, training_scale((box[2] - box[0]) * image.shape[1], rng, never_enlarge))
         degraded = degradations.degrade(image, box_pixels(box, image), d, rng)
     judged = jitter_box(box, rng)
@@ -333,9 +361,11 @@ def focus_features(
     scale: bool,
     scenes: int = 0,
     device: int = 0,
+    zoom: int = 0,
 ) -> FocusSet:
     """``focus_variants`` draws per sharp photo and per synthetic scene of ``gateway.scenes`` (``scenes`` of
-    them, training seeds: the look of the demo's photos), then ``device`` device-like draws per sharp photo."""
+    them, training seeds: the look of the demo's photos), then ``device`` device-like draws per sharp photo,
+    then ``zoom`` close-up draws per sharp photo (each draw's random stream is its place in that order)."""
     sources: list[tuple[Photo | np.ndarray, Any, str]] = [
         (p, p.box, p.case) for p in photos if p.focus == "sharp" and p.box is not None
     ]
@@ -344,18 +374,30 @@ def focus_features(
         s = dataset.scene(dataset.TRAIN_SCENE_SEEDS + 3000 + i, cervix=True, stage_index=i)
         sources.append((s.image, s.cervix_box, f"scene-{i}"))
     n = options.focus_variants
-    jobs = [(k, FOCUS_KINDS[v % len(FOCUS_KINDS)], False) for k in range(len(sources)) for v in range(n)]
-    jobs += [(k, DEVICE_KINDS[v % len(DEVICE_KINDS)], True) for k in range(photo_count) for v in range(device)]
+    jobs: list[tuple[int, degradations.Kind, Draw]] = [
+        (k, FOCUS_KINDS[v % len(FOCUS_KINDS)], "atlas") for k in range(len(sources)) for v in range(n)
+    ]
+    jobs += [(k, DEVICE_KINDS[v % len(DEVICE_KINDS)], "device") for k in range(photo_count) for v in range(device)]
+    jobs += [(k, FOCUS_KINDS[v % len(FOCUS_KINDS)], "zoom") for k in range(photo_count) for v in range(zoom)]
     count = len(focus_measures.FEATURE_SETS[options.measures][0]) if options.measures else 0
     measures = np.zeros((len(jobs), count), np.float32)
 
     def make(i: int) -> np.ndarray:
-        k, kind, on_device = jobs[i]
+        k, kind, draw = jobs[i]
         source, box, _ = sources[k]
         rng = np.random.default_rng([seed, i])
         image = source.image if isinstance(source, Photo) else source
         tensor, measures[i] = focus_sample(
-            image, box, kind, rng, extractor.spec, scale, options.measures, on_device, options.never_enlarge
+            image,
+            box,
+            kind,
+            rng,
+            extractor.spec,
+            scale,
+            options.measures,
+            draw == "device",
+            options.never_enlarge,
+            draw == "zoom",
         )
         return tensor
 
@@ -363,7 +405,7 @@ def focus_features(
     labels = np.array([kind == "sharp" for _, kind, _ in jobs], np.float32)
     groups = np.array([sources[k][2] for k, _, _ in jobs])
     motion = np.array([-1 if kind == "sharp" else int(kind == "motion") for _, kind, _ in jobs], np.int8)
-    device_draw = np.array([on_device for _, _, on_device in jobs], bool)
+    device_draw = np.array([draw == "device" for _, _, draw in jobs], bool)
     return FocusSet(np.concatenate([features, measures], axis=1), labels, groups, motion, device_draw)
 
 
@@ -378,7 +420,9 @@ def cached_focus_features(
             if str(stored["key"]) == key:
                 log.info("focus_features_cached", path=str(cache), key=key)
                 return FocusSet(stored["x"], stored["y"], stored["groups"], stored["motion"], stored["device"])
-    data = focus_features(photos, options, extractor, progress, options.seed, True, 30, options.device_variants)
+    data = focus_features(
+        photos, options, extractor, progress, options.seed, True, 30, options.device_variants, options.zoom_variants
+    )
     if cache is not None:
         np.savez(
             cache,
