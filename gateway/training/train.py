@@ -105,7 +105,8 @@ class TrainOptions:
     """Device-like focus samples per sharp training photo (the cervix framed as a phone sees it)."""
     zoom_variants: int = 0
     """Close-up focus samples per sharp training photo (``zoom_box``: a part of the cervix at the photo's native
-    resolution, as a colposcope's higher magnification shows it). 0: 1.3.0's recipe."""
+    resolution, as a colposcope's higher magnification shows it). 0: 1.3.0's recipe; 8 was tried and not kept
+    (the model card's tried list)."""
     measures: str | None = MEASURES
     """The classical feature set fused into the focus model (None: the 1.0.0 design, no second input)."""
     keep_detector: Path | None = None
