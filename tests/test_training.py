@@ -115,6 +115,23 @@ def test_defocused_highlights_stay_saturated() -> None:
     assert int((plain.max(axis=2) >= 250).sum()) < int((out.max(axis=2) >= 250).sum())
 
 
+def test_per_channel_highlights_boost_only_the_channel_near_clipping() -> None:
+    image = np.full((64, 64, 3), 60, np.uint8)
+    image[24:40, 24:40] = (120, 120, 255)  # BGR: red tissue clipped in red only
+    box = (0.0, 0.0, 64.0, 64.0)
+    by_pixel = dg.blur(image, box, dg.Degradation("defocus", 0.05, 0.0, 0.0, 95, False))
+    by_channel = dg.blur(image, box, dg.Degradation("defocus", 0.05, 0.0, 0.0, 95, False, per_channel=True))
+    plain = cv2.filter2D(image, -1, dg.disk_kernel(3.2), borderType=cv2.BORDER_REFLECT)
+    centre = (slice(30, 34), slice(30, 34))
+    assert (by_channel[centre][..., 2] == 255).all() and (by_pixel[centre][..., 2] == 255).all()  # red: clipped
+    assert (by_pixel[centre] == 255).all()  # by the pixel's brightest channel: a white blob
+    assert (by_channel[centre][..., :2] == 120).all()  # by channel: blue and green as they were
+    rim = (slice(40, 42), slice(24, 40))  # just outside the patch: blue and green spread as measured
+    assert np.abs(by_channel[rim][..., :2].astype(int) - plain[rim][..., :2]).max() <= 1
+    assert (by_pixel[rim][..., :2].astype(int) > plain[rim][..., :2].astype(int) + 20).all()  # swollen by x4
+    assert (by_channel[rim][..., 2] > plain[rim][..., 2]).all()  # red, the clipped channel, still swells
+
+
 def test_haze_and_glints_apply_to_any_class() -> None:
     image = _texture(4)
     hazy = dg.add_haze(image, 0.2)

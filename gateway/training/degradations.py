@@ -73,6 +73,9 @@ class Degradation:
     haze: float = 0.0
     curve: float = 0.0
     """Motion only: how far the path turns, radians (0: a straight line)."""
+    per_channel: bool = False
+    """Highlights boosted channel by channel (a sensor clips each channel) instead of every channel of a pixel by
+    its brightest one; never drawn by ``sample``, set by a training draw that asks for it."""
 
     @property
     def not_sharp(self) -> bool:
@@ -149,10 +152,11 @@ def arc_kernel(length: float, angle: float, turn: float) -> np.ndarray:
     return out
 
 
-def convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Blur in radiance: highlights near clipping are boosted first and everything is clipped after."""
+def convolve(image: np.ndarray, kernel: np.ndarray, per_channel: bool = False) -> np.ndarray:
+    """Blur in radiance: highlights near clipping are boosted first and everything is clipped after (a pixel's
+    channels by its brightest one, or each by its own level with ``per_channel``)."""
     x = image.astype(np.float32)
-    peak = x.max(axis=2, keepdims=True) if x.ndim == 3 else x
+    peak = x.max(axis=2, keepdims=True) if x.ndim == 3 and not per_channel else x
     boost = 1.0 + (HIGHLIGHT_GAIN - 1.0) * np.clip((peak - 225.0) / 25.0, 0.0, 1.0)
     blurred = cv2.filter2D(x * boost, -1, kernel, borderType=cv2.BORDER_REFLECT)
     out: np.ndarray = np.clip(blurred + 0.5, 0, 255).astype(np.uint8)
@@ -179,8 +183,8 @@ def blur(image: np.ndarray, box: PixelBox, d: Degradation) -> np.ndarray:
     width = max(1.0, box[2] - box[0])
     size = d.blur * width
     if d.kind == "motion":
-        return convolve(image, motion_kernel(size, d.angle, d.curve))
-    blurred = convolve(image, disk_kernel(size))
+        return convolve(image, motion_kernel(size, d.angle, d.curve), d.per_channel)
+    blurred = convolve(image, disk_kernel(size), d.per_channel)
     if d.kind == "defocus":
         return blurred
     mask = cervix_mask(image.shape[:2], box)[:, :, None]

@@ -24,6 +24,7 @@ Steps (deterministic for a seed; about 30-40 minutes on two shared CPU cores, th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -72,7 +73,7 @@ DETECTOR_NAME, FOCUS_NAME = "cervix-detector", "focus-classifier"
 DETECTOR_SIZE, FOCUS_SIZE = 320, 384
 CROP_MARGIN = 0.1
 FOCUS_KINDS: tuple[degradations.Kind, ...] = ("sharp", "defocus", "sharp", "motion", "sharp", "cervix_blur")
-Draw = Literal["atlas", "device", "zoom"]
+Draw = Literal["atlas", "device", "zoom", "channel"]
 """How a focus training draw frames its photo (``focus_sample``)."""
 
 
@@ -107,6 +108,9 @@ class TrainOptions:
     """Close-up focus samples per sharp training photo (``zoom_box``: a part of the cervix at the photo's native
     resolution, as a colposcope's higher magnification shows it). 0: 1.3.0's recipe; 8 was tried and not kept
     (the model card's tried list)."""
+    channel_variants: int = 0
+    """Focus samples per sharp training photo whose blur boosts highlights channel by channel
+    (``Degradation.per_channel``). 0: 1.3.0's recipe."""
     measures: str | None = MEASURES
     """The classical feature set fused into the focus model (None: the 1.0.0 design, no second input)."""
     keep_detector: Path | None = None
@@ -127,6 +131,7 @@ class TrainOptions:
             f"seed={self.seed} draws={self.focus_variants} device={self.device_variants} measures={self.measures}"
             f" degradations={degradations.VERSION}{' never-enlarge' if self.never_enlarge else ''}"
             f"{f' zoom={self.zoom_variants}' if self.zoom_variants else ''}"
+            f"{f' channel={self.channel_variants}' if self.channel_variants else ''}"
             f" data={self.data.resolve()} labels={labels}"
         )
 
@@ -202,17 +207,21 @@ def focus_sample(
     device: bool = False,
     never_enlarge: bool = False,
     zoom: bool = False,
+    per_channel: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One focus training sample from a sharp photo and its normalised cervix box: the tensor ``[1, 3, S, S]``
     and the classical ``measures`` of the same degraded photo and box (empty when None).
 
     ``device``: the cervix is framed at its native resolution in a synthetic speculum view and goes through a
     phone's pipeline (``gateway.training.device_photos``), blurred by the degradation model before sharpening.
-    ``zoom``: a close-up (``zoom_box``) of the photo at its native resolution, the blur sized to the close-up."""
+    ``zoom``: a close-up (``zoom_box``) of the photo at its native resolution, the blur sized to the close-up.
+    ``per_channel``: the blur boosts highlights channel by channel (``Degradation.per_channel``)."""
     if rng.random() < 0.5:
         image = image[:, ::-1].copy()
         box = (1.0 - box[2], box[1], 1.0 - box[0], box[3])
     d = degradations.sample(kind, rng)
+    if per_channel:
+        d = dataclasses.replace(d, per_channel=True)
     if device:
         from gateway.training import device_photos
 
@@ -363,10 +372,12 @@ def focus_features(
     scenes: int = 0,
     device: int = 0,
     zoom: int = 0,
+    channel: int = 0,
 ) -> FocusSet:
     """``focus_variants`` draws per sharp photo and per synthetic scene of ``gateway.scenes`` (``scenes`` of
     them, training seeds: the look of the demo's photos), then ``device`` device-like draws per sharp photo,
-    then ``zoom`` close-up draws per sharp photo (each draw's random stream is its place in that order)."""
+    then ``zoom`` close-up draws and ``channel`` per-channel highlight draws per sharp photo (each draw's random
+    stream is its place in that order)."""
     sources: list[tuple[Photo | np.ndarray, Any, str]] = [
         (p, p.box, p.case) for p in photos if p.focus == "sharp" and p.box is not None
     ]
@@ -380,6 +391,7 @@ def focus_features(
     ]
     jobs += [(k, DEVICE_KINDS[v % len(DEVICE_KINDS)], "device") for k in range(photo_count) for v in range(device)]
     jobs += [(k, FOCUS_KINDS[v % len(FOCUS_KINDS)], "zoom") for k in range(photo_count) for v in range(zoom)]
+    jobs += [(k, FOCUS_KINDS[v % len(FOCUS_KINDS)], "channel") for k in range(photo_count) for v in range(channel)]
     count = len(focus_measures.FEATURE_SETS[options.measures][0]) if options.measures else 0
     measures = np.zeros((len(jobs), count), np.float32)
 
@@ -399,6 +411,7 @@ def focus_features(
             draw == "device",
             options.never_enlarge,
             draw == "zoom",
+            draw == "channel",
         )
         return tensor
 
@@ -422,7 +435,16 @@ def cached_focus_features(
                 log.info("focus_features_cached", path=str(cache), key=key)
                 return FocusSet(stored["x"], stored["y"], stored["groups"], stored["motion"], stored["device"])
     data = focus_features(
-        photos, options, extractor, progress, options.seed, True, 30, options.device_variants, options.zoom_variants
+        photos,
+        options,
+        extractor,
+        progress,
+        options.seed,
+        True,
+        30,
+        options.device_variants,
+        options.zoom_variants,
+        options.channel_variants,
     )
     if cache is not None:
         np.savez(
