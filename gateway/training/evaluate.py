@@ -1114,6 +1114,12 @@ halfway between the two targets. Independent rows: atlas / device-like.
   JPEG), and 7 of the 14 are one patient's (AABH) overexposed close-ups, where the arc drags every glint into a
   crisp bright curl. focus-v1's ratios separate these arcs from the sharp photos less well than the model does
   (ROC AUC 0.85-0.87 against 0.985).
+- What the model leans on there (a diagnostic after the runs, not a rule: the same photos, 3 draws a family with
+  the same streams): the degradation model boosts every channel of a pixel whose brightest channel is over 225, so
+  blurred bright tissue swells into whitish blobs; the independent generator does so from 248. With its gain
+  applied channel by channel instead (a sensor clips each channel), 1.3.0 scores 24 of 111 arcs, 9 of 111 lines
+  and 6 of 111 disks sharp, against 10, 6 and 0. So part of what 1.3.0 takes for blur is highlights swelling,
+  and real photos of red tissue clipped in red alone will be judged less surely than these rows say.
 - One patient, AACZ, whose atlas photos are hazy close-ups, has only 23-45 % of its atlas sharp draws accepted out
   of fold with every seed that trains on it.
 - The detector's scores are overconfident (near 1 on every cervix, high on some textures), and its boxes were
