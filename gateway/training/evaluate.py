@@ -1101,6 +1101,14 @@ halfway between the two targets. Independent rows: atlas / device-like.
     atlas sharp draws accepted, 11 real sharp photos lost (R 0.725). Seed 0 accepted every sharp draw but
     recaptured 95.4 / 93.8 % of the blurred ones (R 0.593) and found 5 real blurry photos; real-photo ROC AUC
     0.876 and 0.820 against 0.834 and 0.818. Magnification is not what makes those close-ups score low.
+  - per-channel highlight draws (`TrainOptions.channel_variants`: 8 more atlas draws of each sharp training
+    photo whose blur boosts each channel by its own level, not a pixel's channels by its brightest one), prompted
+    by the diagnostic in What limits the numbers, screened on seeds 0 and 3 by a rule written before the runs: 3
+    and 4 pairs, 7 of 12, so it passed; seeds 1, 2 and 4 are not yet run. Seed 0 (R 0.503, band up to 0.713)
+    recaptured 98.1 / 96.2 % of the blurred draws and found 7 real blurry photos, but accepted 90.1 % of the atlas
+    sharp draws and lost 5 real sharp photos; seed 3 (R 0.680, band up to 0.773) recaptured 99.1 / 98.9 % and found
+    12, but accepted 76.1 % of the atlas sharp draws and lost 14; real-photo ROC AUC 0.813 and 0.811 against 0.834
+    and 0.818.
 - What no operating-point rule can fix (an analysis after the runs, not a rule): with R chosen per seed on the
   validation photos themselves (T = R, the best single point), 1.3.0's scores meet at most 24 of the 30 pairs
   (4, 6, 6, 4, 4), against the 22 its rule meets. The 13 variants above that train on cached draws reach 21-25
